@@ -318,6 +318,8 @@ class Dataset(_Declared):
     embedded: ClassVar[bool] = False
     #: Evaluation protocol; the suite never mixes protocols in one table.
     protocol: ClassVar[str] = "transductive"
+    #: Included in ``--datasets all`` (False for generated control datasets).
+    listed_in_all: ClassVar[bool] = True
     version: ClassVar[str] = "1"
 
     def load(self, data_dir) -> LabelledData:  # pragma: no cover

@@ -61,6 +61,7 @@ class Synthetic(Dataset):
     description = "Gaussian blobs with generated groups (imbalance, several attributes, group shift); tests/control"
     summary = "n_samples x n_features; n_clusters clusters; generated attributes"
     embedded = True
+    listed_in_all = False
     parameters = {
         "n_samples": 600,
         "n_features": 8,

@@ -1,0 +1,47 @@
+"""What produced a result: library versions, device and git commit."""
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from importlib import metadata
+
+import torch
+
+from .paths import PROJECT_ROOT
+
+LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas")
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """HEAD's commit, with "+dirty" when tracked files differ from it; "unknown" outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True,
+            text=True, timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,250 @@
+"""Leaderboard and figures, built from the stored records alone (nothing is trained).
+
+The same records always give the same ``leaderboard.md`` byte for byte: rows and columns are
+sorted, and no time stamp is written.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from . import papers, registry
+from .metrics import HEADLINE
+
+PERCENT = {"acc", "nmi", "ari", "balance", "ratio_balance", "mnce", "f1"}
+
+
+def _scale(key: str) -> float:
+    base = key.split("[")[0]
+    return 100.0 if base in PERCENT or base == "balance_worst" else 1.0
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {"dataset_key": r["dataset"]["key"], "dataset": r["dataset"]["label"],
+               "dataset_name": r["dataset"]["name"], "method_key": r["method"]["key"],
+               "method": r["method"]["label"], "method_name": r["method"]["name"],
+               "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
+               "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan)}
+        for k, v in (r.get("metrics") or {}).items():
+            row["m:" + k] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean, std, n, digits=1):
+    if n == 0 or not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per method configuration: mean and sample std (ddof=1) over the seeds that finished."""
+    ok = df[df.status == "ok"]
+    out = []
+    for mkey, g in df.groupby("method_key", sort=True):
+        gok = ok[ok.method_key == mkey]
+        row = {"method_key": mkey, "method": g["method"].iloc[0], "method_name": g["method_name"].iloc[0],
+               "params": g["method_params"].iloc[0], "n_ok": len(gok),
+               "n_failed": int((g.status == "failed").sum()), "n_na": int((g.status == "not_applicable").sum()),
+               "seeds": sorted(gok.seed.tolist()), "errors": sorted(set(g[g.status != "ok"].error))}
+        for k in keys:
+            col = "m:" + k
+            vals = gok[col].to_numpy(float) * _scale(k) if col in gok else np.array([])
+            row[k] = (vals.mean() if len(vals) else np.nan, vals.std(ddof=1) if len(vals) > 1 else 0.0, len(vals))
+        t = gok["train_seconds"].to_numpy(float)
+        row["time"] = (t.mean() if len(t) else np.nan, t.std(ddof=1) if len(t) > 1 else 0.0, len(t))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _bold_best(summary: pd.DataFrame, keys: list[str]) -> dict:
+    best = {}
+    for k in keys:
+        means = [(r[k][0], r["method_key"]) for _, r in summary.iterrows() if r[k][2] > 0 and np.isfinite(r[k][0])]
+        if len(means) > 1:
+            top = max(m for m, _ in means)
+            best[k] = {mk for m, mk in means if round(m, 1) == round(top, 1)}
+    return best
+
+
+def dataset_table(df: pd.DataFrame, bound: float | None) -> str:
+    keys = [k for k, _, _ in HEADLINE]
+    summary = _summary(df, keys)
+    best = _bold_best(summary, keys)
+    n_seeds = df.seed.nunique()
+    headers = ["method", "seeds"] + [
+        f"Bal (≤{100 * bound:.1f})" if k == "balance" and bound is not None else label for k, label, _ in HEADLINE
+    ] + ["train s"]
+    rows = []
+    for _, r in summary.iterrows():
+        if r.n_ok == 0:
+            status = "n/a" if r.n_na and not r.n_failed else "**failed**"
+            note = "; ".join(r.errors)[:120]
+            rows.append([r.method, f"0/{n_seeds}", f"{status}: {note}"] + [""] * (len(HEADLINE) - 1) + [""])
+            continue
+        seeds = f"{r.n_ok}/{n_seeds}" + (f" ({r.n_failed} failed)" if r.n_failed else "")
+        cells = []
+        for k in keys:
+            text = _fmt(*r[k], digits=2 if k == "entropy" else 1)
+            cells.append(f"**{text}**" if r.method_key in best.get(k, ()) else text)
+        rows.append([r.method, seeds] + cells + [_fmt(*r["time"], digits=1)])
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:
+    """Ours beside the papers' numbers, for runs with the method's default parameters."""
+    ds_cls = registry.datasets.get(dataset_name)
+    if not ds_cls.paper_name:
+        return None
+    rows = []
+    keys = list(papers.METRIC_KEYS.values())
+    summary = _summary(df, keys)
+    for _, r in summary.iterrows():
+        try:
+            cls = registry.methods.get(r.method_name)
+        except KeyError:
+            continue
+        if not cls.paper_name or r.n_ok == 0 or "[" in r.method:
+            continue
+        rep = papers.reported(ds_cls.paper_name, cls.paper_name)
+        for _, p in rep.sort_values(["reported_in", "metric"]).iterrows():
+            mean, std, n = r[p.metric_key]
+            rows.append([r.method, p.metric_key.upper() if p.metric_key != "f1" else "F", _fmt(mean, std, n),
+                         f"{p.value:.1f}", f"{mean - p.value:+.1f}", p.source])
+    if not rows:
+        return None
+    return tabulate(rows, headers=["method", "metric", "ours", "paper", "Δ", "source"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def intersectional_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
+    if len(attributes) < 2:
+        return None
+    groups = attributes + ["joint"]
+    keys = [f"{m}[{g}]" for g in groups for m in ("balance", "ratio_balance", "mnce")] + [
+        "balance_worst", "mi[joint]", "mi_sum"]
+    summary = _summary(df, keys)
+    headers = ["method"] + [f"{lab} {g}" for g in groups for lab in ("Bal", "RatioBal", "MNCE")] + [
+        "worst Bal", "I(C;joint)", "Σ I(C;G_s)"]
+    rows = []
+    for _, r in summary.iterrows():
+        if r.n_ok:
+            rows.append([r.method] + [_fmt(*r[k], digits=3 if k.startswith("mi") else 1) for k in keys])
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) if rows else None
+
+
+def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench leaderboard", note="",
+                 figures=True) -> str:
+    """Write ``leaderboard_path`` (and figures) from the records in ``store``; return the text."""
+    records = store.records()
+    leaderboard_path = Path(leaderboard_path)
+    figures_dir = Path(figures_dir)
+    lines = [f"# {title}", "", "_Generated by `python run_benchmark.py --report-only` from the stored run records; "
+             "do not edit by hand._", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["Protocol: transductive (every sample is clustered and evaluated), final epoch reported (no epoch "
+              "is picked with labels), paired seeds, mean ± sample std over seeds. Percent except Entropy "
+              "(nats) and train time (seconds). Bal is FCMI's raw-count balance with its dataset bound in the "
+              "header; RatioBal is normalised by the dataset's group shares (1 = perfect). Best mean per column "
+              "in bold.", ""]
+    if not records:
+        lines.append("No records yet.")
+    df = records_frame(records) if records else None
+    provenance = defaultdict(set)
+    for r in records:
+        if r["status"] == "ok":
+            provenance["devices"].add(r.get("device", "?"))
+            commit = r.get("git_commit", "?")
+            provenance["commits"].add(commit[:12] + ("+dirty" if commit.endswith("+dirty") else ""))
+            provenance["torch"].add(r.get("versions", {}).get("torch", "?"))
+    if df is not None:
+        for dkey in sorted(df.dataset_key.unique()):
+            d = df[df.dataset_key == dkey]
+            first = next(r for r in records if r["dataset"]["key"] == dkey)
+            attrs = next((r["attributes"] for r in records if r["dataset"]["key"] == dkey and "attributes" in r), [])
+            bound = d["m:balance_bound"].dropna().iloc[0] if "m:balance_bound" in d and d[
+                "m:balance_bound"].notna().any() else None
+            n = next((r.get("n_samples") for r in records if r["dataset"]["key"] == dkey and r.get("n_samples")), "?")
+            lines += [f"## {first['dataset']['label']}", "",
+                      f"{n} samples; attributes: {', '.join(attrs) or '?'} (fairness columns use `{attrs[0] if attrs else '?'}`)", "",
+                      dataset_table(d, bound), ""]
+            inter = intersectional_table(d, attrs)
+            if inter:
+                lines += ["Intersectional fairness (per attribute and joint group):", "", inter, ""]
+            try:
+                ptab = paper_table(d, first["dataset"]["name"])
+            except KeyError:
+                ptab = None
+            if ptab:
+                lines += ["Compared with the papers (our default configuration; Δ = ours − paper):", "", ptab, ""]
+            if figures:
+                names = plot_dataset(d, figures_dir, dkey)
+                rel = [os.path.relpath(figures_dir / nm, leaderboard_path.parent) for nm in names]
+                lines += [" · ".join(f"[{nm}]({p})" for nm, p in zip(names, rel)), ""]
+    if provenance:
+        lines += ["---", "", "Devices: " + ", ".join(sorted(provenance["devices"])) + ". Commits: " +
+                  ", ".join(sorted(provenance["commits"])) + ". torch: " + ", ".join(sorted(provenance["torch"])) +
+                  ". Every run's record (labels, metrics, versions) is under the runs/ folder.", ""]
+    text = "\n".join(lines)
+    leaderboard_path.parent.mkdir(parents=True, exist_ok=True)
+    leaderboard_path.write_text(text)
+    return text
+
+
+def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
+    """ACC vs MNCE scatter (with error bars; swept variants joined per method) and per-metric bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, _, _ in HEADLINE]
+    summary = _summary(df, keys)
+    summary = summary[summary.n_ok > 0]
+    if summary.empty:
+        return []
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for mname, g in summary.groupby("method_name", sort=True):
+        xs = [r["mnce"][0] for _, r in g.iterrows()]
+        ys = [r["acc"][0] for _, r in g.iterrows()]
+        order = np.argsort(xs)
+        ax.errorbar(np.array(xs)[order], np.array(ys)[order], xerr=[g.iloc[i]["mnce"][1] for i in order],
+                    yerr=[g.iloc[i]["acc"][1] for i in order], marker="o", capsize=3,
+                    linestyle="-" if len(g) > 1 else "none", label=mname)
+    ax.set_xlabel("MNCE (%)  → fairer")
+    ax.set_ylabel("ACC (%)  → more accurate")
+    ax.set_title(f"{dkey}: accuracy vs fairness")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"{dkey}_acc_vs_mnce.png"
+    fig.savefig(figures_dir / name, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    names.append(name)
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.6), sharey=False)
+    labels = summary["method"].tolist()
+    for ax, (k, label, _) in zip(axes, HEADLINE):
+        means = [r[k][0] for _, r in summary.iterrows()]
+        stds = [r[k][1] for _, r in summary.iterrows()]
+        ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color=plt.cm.tab10(np.arange(len(labels)) % 10))
+        ax.set_title(label)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    fig.suptitle(f"{dkey}: mean ± std over seeds")
+    fig.tight_layout()
+    name = f"{dkey}_metrics.png"
+    fig.savefig(figures_dir / name, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    names.append(name)
+    return names

@@ -1,0 +1,306 @@
+"""The grid runner: methods × datasets × paired seeds, resumable cell by cell.
+
+A cell is (dataset spec, method spec with all hyperparameters, seed). Its key is a hash of
+those three (order independent: parameters are sorted) plus the method's and dataset's
+declared ``version``. A finished cell is skipped on a rerun; a failed cell is recorded with
+its error and retried; ``force`` reruns everything. Two executors write into the same store:
+in-process (default) and Ray (each cell a Ray task, asking for a GPU when its method uses
+one and the cluster has one).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import registry
+from .api import NotApplicable
+from .metrics import evaluate
+from .paths import PROJECT_ROOT, default_data_dir
+from .provenance import device_name, git_commit, library_versions
+from .seeding import resolve_device, seed_everything
+from .store import RecordStore
+
+
+def _short_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A configured method or dataset: registered name + full parameters (defaults filled)."""
+
+    kind: str
+    name: str
+    params: tuple = ()  # sorted (key, value) pairs, values JSON-able
+    version: str = "1"
+
+    @classmethod
+    def make(cls, kind: str, name: str, overrides: dict | None = None) -> "Spec":
+        reg = registry.methods if kind == "method" else registry.datasets
+        obj = reg.get(name)(**(overrides or {}))  # validates names and values
+        return cls(kind, name, tuple(sorted((k, _freeze(v)) for k, v in obj.params.items())), type(obj).version)
+
+    @property
+    def param_dict(self) -> dict:
+        return {k: _thaw(v) for k, v in self.params}
+
+    def instantiate(self):
+        reg = registry.methods if self.kind == "method" else registry.datasets
+        return reg.get(self.name)(**self.param_dict)
+
+    def non_default(self) -> dict:
+        reg = registry.methods if self.kind == "method" else registry.datasets
+        defaults = reg.get(self.name).parameters
+        return {k: v for k, v in self.param_dict.items() if _thaw(_freeze(defaults.get(k))) != v}
+
+    @property
+    def label(self) -> str:
+        extra = self.non_default()
+        return self.name + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + "]" if extra else "")
+
+    @property
+    def key(self) -> str:
+        """Folder name: readable, and unique per configuration."""
+        extra = self.non_default()
+        return self.name if not extra else f"{self.name}-{_short_hash([self.params, self.version])}"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "params": self.param_dict, "version": self.version, "key": self.key,
+                "label": self.label}
+
+
+def _freeze(v):
+    return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
+
+
+def _thaw(v):
+    return [_thaw(x) for x in v] if isinstance(v, tuple) else v
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: Spec
+    method: Spec
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        return _short_hash([self.dataset.name, self.dataset.params, self.dataset.version,
+                            self.method.name, self.method.params, self.method.version, self.seed])
+
+    def __str__(self):
+        return f"{self.method.label} on {self.dataset.label}, seed {self.seed}"
+
+
+def build_grid(methods: list[Spec], datasets: list[Spec], seeds: list[int]) -> list[Cell]:
+    """Every method sees every dataset with the same seeds (paired). Dataset-major order,
+    so that each dataset is loaded once by the in-process executor."""
+    return [Cell(d, m, s) for d in datasets for m in methods for s in seeds]
+
+
+@dataclass
+class RunOptions:
+    device: str = "auto"
+    data_dir: str | None = None
+    plugins: tuple = ()
+
+
+class _DatasetCache:
+    """Keeps the last loaded dataset (the grid is dataset-major)."""
+
+    def __init__(self):
+        self.spec, self.data = None, None
+
+    def load(self, spec: Spec, data_dir):
+        if spec != self.spec:
+            self.spec, self.data = None, None
+            self.data = spec.instantiate().load(data_dir)
+            self.spec = spec
+        return self.data
+
+
+_CACHE = _DatasetCache()
+
+
+def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> tuple[dict, dict]:
+    """Train and evaluate one cell. Never raises (except KeyboardInterrupt): a failure is a
+    record with status "failed". Returns (record, arrays) where arrays holds labels,
+    embedding and the dataset truth for the store."""
+    for plugin in options.plugins:
+        registry.load_plugin(plugin)
+    record = {
+        "cell_id": cell.cell_id, "dataset": cell.dataset.to_json(), "method": cell.method.to_json(),
+        "seed": cell.seed, "versions": library_versions(), "git_commit": git_commit(),
+        "host": os.uname().nodename,
+    }
+    arrays: dict = {}
+    start = time.perf_counter()
+    try:
+        device = resolve_device(options.device)
+        record["device"] = device_name(device)
+        data = cache.load(cell.dataset, options.data_dir or default_data_dir())
+        arrays["truth"] = (data.y, data.groups)
+        record.update(n_samples=data.n_samples, n_clusters=data.n_clusters,
+                      attributes=[a.name for a in data.attributes],
+                      attribute_values=[a.n_values for a in data.attributes])
+        method = cell.method.instantiate()
+        inp = method.prepare_input(data.clustering_input())
+        method.check_applicable(inp)
+        record["attributes_used"] = [a.name for a in inp.attributes]
+        seed_everything(cell.seed)
+        t0 = time.perf_counter()
+        out = method.fit(inp, cell.seed, device)
+        record["train_seconds"] = time.perf_counter() - t0
+        labels = _check_labels(out.labels, data.n_samples, data.n_clusters)
+        history = [{k: _to_float(v) for k, v in row.items()} for row in (out.history or [])]
+        bad = [(i, k) for i, row in enumerate(history) for k, v in row.items()
+               if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            i, k = bad[0]
+            raise FloatingPointError(f"non-finite {k} at epoch {i} (NaN/inf loss)")
+        record["history"] = history
+        record["metrics"] = evaluate(data.y, labels, data.groups, data.n_clusters,
+                                     attribute_names=record["attributes"], n_values=record["attribute_values"])
+        record["status"] = "ok"
+        arrays["labels"] = labels
+        if out.embedding is not None:
+            arrays["embedding"] = np.asarray(out.embedding, dtype=np.float32)
+    except NotApplicable as exc:
+        record.update(status="not_applicable", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed cell is data, not a crash
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc(limit=20))
+    record["wall_seconds"] = time.perf_counter() - start
+    return record, arrays
+
+
+def _to_float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def _check_labels(labels, n, k) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"method returned labels of shape {labels.shape}, expected ({n},)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"method returned labels of dtype {labels.dtype}, expected integers")
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"method returned labels outside 0..{k - 1}")
+    return labels.astype(np.int64)
+
+
+def save(store: RecordStore, cell: Cell, record: dict, arrays: dict) -> None:
+    if "truth" in arrays:
+        store.put_truth(cell.dataset.key, *arrays["truth"])
+    store.put(cell, record, labels=arrays.get("labels"), embedding=arrays.get("embedding"))
+
+
+@dataclass
+class GridSummary:
+    ran: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    not_applicable: list = field(default_factory=list)
+
+    def add(self, cell, record):
+        {"ok": self.ran, "failed": self.failed, "not_applicable": self.not_applicable}[record["status"]].append(
+            (cell, record))
+
+
+def _progress(total, desc, disable):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="cell", disable=disable, dynamic_ncols=True)
+
+
+def run_grid(cells: list[Cell], store: RecordStore, options: RunOptions, executor: str = "local",
+             address: str | None = None, force: bool = False, progress: bool = True) -> GridSummary:
+    """Run every cell that is not finished yet (all with ``force``), saving each record as
+    soon as its cell ends. Interrupting loses at most the cells that are running."""
+    summary = GridSummary()
+    todo = []
+    for cell in cells:
+        if not force and store.is_done(cell):
+            summary.skipped.append(cell)
+        else:
+            todo.append(cell)
+    if executor == "local":
+        _run_local(todo, store, options, summary, progress)
+    elif executor == "ray":
+        _run_ray(todo, store, options, summary, progress, address)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; accepted: local, ray")
+    return summary
+
+
+def _run_local(todo, store, options, summary, progress):
+    for plugin in options.plugins:
+        registry.load_plugin(plugin)
+    with _progress(len(todo), "cells", not progress) as bar:
+        for cell in todo:
+            bar.set_postfix_str(f"{cell.method.name}/{cell.dataset.name}/s{cell.seed}", refresh=False)
+            record, arrays = run_cell(cell, options)
+            save(store, cell, record, arrays)
+            summary.add(cell, record)
+            bar.update(1)
+
+
+def _ray_remote_run(cell, options):
+    """Body of the Ray task (module level so that Ray can import it by reference)."""
+    return run_cell(cell, options)
+
+
+def ray_runtime_env(address: str | None) -> dict:
+    """Workers must import our ``bench``, ``methods`` and ``datasets`` (not Hugging Face's):
+    the project root goes first on their PYTHONPATH; for a remote cluster the tree is shipped."""
+    if address and address not in ("local", "auto"):
+        return {"working_dir": str(PROJECT_ROOT), "excludes": ["results/", ".git/", "*.npz", "__pycache__/"],
+                "env_vars": {"PYTHONPATH": "."}}
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                                     os.environ.get("PYTHONPATH")]))}}
+
+
+def _run_ray(todo, store, options, summary, progress, address):
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--executor ray needs Ray: pip install 'ray[default]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env=ray_runtime_env(address), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    remote = ray.remote(_ray_remote_run)
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    pending = {}
+    for cell in todo:
+        cls = registry.methods.get(cell.method.name)
+        wants_gpu = has_gpu and cls.uses_gpu and options.device != "cpu"
+        ref = remote.options(num_gpus=1 if wants_gpu else 0, num_cpus=1).remote(cell, options)
+        pending[ref] = cell
+    try:
+        with _progress(len(todo), "cells (ray)", not progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    cell = pending.pop(ref)
+                    try:
+                        record, arrays = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - worker died
+                        record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(),
+                                          "method": cell.method.to_json(), "seed": cell.seed, "status": "failed",
+                                          "error": f"ray task failed: {type(exc).__name__}: {exc}"}, {}
+                    save(store, cell, record, arrays)
+                    summary.add(cell, record)
+                    bar.update(1)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)

@@ -1,0 +1,108 @@
+"""The record store: one JSON record (+ compressed labels) per finished run cell.
+
+Layout under the output folder::
+
+    runs/<dataset-key>/truth.npz                     true labels and groups (for recomputation)
+    runs/<dataset-key>/<method-key>/seed<k>.json     the record
+    runs/<dataset-key>/<method-key>/seed<k>.npz      its predicted labels (and embedding)
+
+Every file is written to a temporary name and renamed into place (atomic on POSIX), labels
+before the record, so a record that exists always has its labels. A record's ``status`` is
+"ok", "failed" (error recorded, retried on the next run, never reported as a result) or
+"not_applicable".
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import evaluate
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+class RecordStore:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+
+    def record_path(self, cell) -> Path:
+        return self.runs / cell.dataset.key / cell.method.key / f"seed{cell.seed}.json"
+
+    def get(self, cell) -> dict | None:
+        path = self.record_path(cell)
+        try:
+            record = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return record if record.get("cell_id") == cell.cell_id else None
+
+    def is_done(self, cell) -> bool:
+        """Finished cells are skipped on a rerun; failed ones are not."""
+        record = self.get(cell)
+        return record is not None and record["status"] in ("ok", "not_applicable")
+
+    def put(self, cell, record: dict, labels=None, embedding=None) -> Path:
+        path = self.record_path(cell)
+        if labels is not None:
+            arrays = {"labels": np.asarray(labels, dtype=np.int64)}
+            if embedding is not None:
+                arrays["embedding"] = np.asarray(embedding, dtype=np.float32)
+            atomic_write_bytes(path.with_suffix(".npz"), _npz_bytes(**arrays))
+            record = {**record, "labels_file": path.with_suffix(".npz").name}
+        atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        return path
+
+    def put_truth(self, dataset_key: str, y, groups) -> None:
+        path = self.runs / dataset_key / "truth.npz"
+        if not path.exists():
+            atomic_write_bytes(path, _npz_bytes(y=np.asarray(y, np.int64), groups=np.asarray(groups, np.int64)))
+
+    def records(self) -> list[dict]:
+        """Every stored record, sorted by path (deterministic)."""
+        out = []
+        for path in sorted(self.runs.glob("*/*/seed*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except json.JSONDecodeError:  # cannot happen with atomic writes, but never crash a report
+                continue
+        return out
+
+    def labels(self, record: dict) -> np.ndarray:
+        path = self.runs / record["dataset"]["key"] / record["method"]["key"] / record["labels_file"]
+        with np.load(path) as f:
+            return f["labels"]
+
+    def recompute_metrics(self, record: dict) -> dict:
+        """The record's metrics, recomputed from its stored labels and the dataset's truth."""
+        with np.load(self.runs / record["dataset"]["key"] / "truth.npz") as f:
+            y, groups = f["y"], f["groups"]
+        return evaluate(
+            y, self.labels(record), groups, record["n_clusters"],
+            attribute_names=record["attributes"], n_values=record.get("attribute_values"),
+        )
