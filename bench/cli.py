@@ -69,6 +69,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a file or module that registers methods/datasets (repeatable)")
+    p.add_argument("--quick", action="store_true", help="the quick suite (what no arguments runs); "
+                   "combine with --out, --device, --executor")
     p.add_argument("--list", action="store_true", help="list methods and datasets and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     args = make_parser().parse_args(argv)
-    quick = not argv
+    quick = not argv or args.quick
     for plugin in args.plugin:
         registry.load_plugin(plugin)
     plugins = tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin)
@@ -165,7 +167,7 @@ def _main(argv) -> int:
         args.datasets = [QUICK_DATASET]
         args.seeds = QUICK_SEEDS
         args.test_config = True
-        args.out = str(MAIN_OUT / "quick")
+        args.out = args.out or str(MAIN_OUT / "quick")
     out = Path(args.out) if args.out else MAIN_OUT
     if args.leaderboard:
         leaderboard = Path(args.leaderboard)

@@ -1,0 +1,176 @@
+"""The command line as a user runs it: quick suite, plugins, entry points, bad input,
+report-only, a real kill mid-grid, Ray, and the `datasets` name clash."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.helpers import PLUGIN, ROOT, cli
+
+SMALL = ["--datasets", "synthetic", "--dataset-param", "n_samples=150", "--device", "cpu", "--quiet"]
+
+
+def test_quick_suite_runs_every_cpu_method_and_prints_the_table(tmp_path):
+    res = cli("--quick", "--out", tmp_path, "--quiet", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "## digits-reversed" in res.stdout and "| kmeans" in res.stdout
+    assert (tmp_path / "leaderboard.md").read_text().startswith("# FairClusterBench quick suite")
+    assert (tmp_path / "figures" / "digits-reversed_acc_vs_mnce.png").stat().st_size > 1000
+    assert len(list((tmp_path / "runs").rglob("seed*.json"))) >= 3
+
+
+def test_list_shows_methods_and_datasets():
+    res = cli("--list")
+    assert res.returncode == 0
+    assert "kmeans" in res.stdout and "digits-reversed" in res.stdout and "synthetic" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "nope", "--datasets", "synthetic"], "unknown method 'nope'; accepted: "),
+        (["--methods", "kmeans", "--datasets", "nope"], "unknown dataset 'nope'; accepted: "),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--seeds", "x"], "invalid seed 'x'; accepted"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--seeds", "-1"], "invalid seed '-1'"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--seeds", "1", "1"], "seeds repeat"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--device", "cuda:7"], "accepted: auto, cpu"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--param", "lr=1"], "no selected method has parameter 'lr'"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--param", "n_init=abc"], "is not a valid int"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--plugin", "missing_file.py"], "plugin file"),
+        (["--methods", "kmeans"], "give --methods and --datasets"),
+        (["--report-only", "--out", "/nonexistent/folder"], "no records under"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
+    res = cli(*args, "--out", tmp_path) if "--out" not in args else cli(*args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plugin_file_outside_the_project_lands_in_the_leaderboard(tmp_path):
+    outside = tmp_path / "elsewhere" / "my_method.py"
+    outside.parent.mkdir()
+    outside.write_text(PLUGIN.read_text())
+    out = tmp_path / "out"
+    res = cli("--plugin", outside, "--methods", "outside-method", "kmeans", "--seeds", "0", "1", "--out", out, *SMALL)
+    assert res.returncode == 0, res.stderr
+    board = (out / "leaderboard.md").read_text()
+    assert "| outside-method" in board and "| kmeans" in board
+
+
+def test_entry_point_registers_an_outside_method(tmp_path):
+    site = tmp_path / "site"
+    pkg = site / "fcb_outside_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(PLUGIN.read_text())
+    dist = site / "fcb_outside_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fcb-outside-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[fairclusterbench.methods]\noutside = fcb_outside_pkg:NearestGroupCentroid\n")
+    env = {"PYTHONPATH": str(site)}
+    res = cli("--list", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "outside-method" in res.stdout
+    out = tmp_path / "out"
+    res = cli("--methods", "outside-method", "--seeds", "0", "--out", out, *SMALL, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "| outside-method" in (out / "leaderboard.md").read_text()
+
+
+def test_report_only_rebuilds_the_leaderboard_identically(tmp_path):
+    res = cli("--methods", "kmeans", "outside-method", "--plugin", PLUGIN, "--seeds", "0", "1", "--out", tmp_path,
+              "--param", "kmeans.n_init=1", *SMALL)
+    assert res.returncode == 0, res.stderr
+    board = tmp_path / "leaderboard.md"
+    before = board.read_bytes()
+    board.unlink()
+    res = cli("--report-only", "--out", tmp_path, "--plugin", PLUGIN)
+    assert res.returncode == 0, res.stderr
+    assert board.read_bytes() == before
+
+
+def test_sweep_runs_every_value_and_joins_them_in_the_trade_off_plot(tmp_path):
+    res = cli("--methods", "kmeans", "--sweep", "n_init=1,2", "--seeds", "0", "--out", tmp_path, *SMALL)
+    assert res.returncode == 0, res.stderr
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "| kmeans [n_init=1]" in board and "| kmeans [n_init=2]" in board
+
+
+def test_kill_mid_grid_then_rerun_completes_without_duplicates_or_loss(tmp_path):
+    seeds = [str(s) for s in range(12)]
+    cmd = [sys.executable, str(ROOT / "run_benchmark.py"), "--plugin", str(PLUGIN), "--methods", "outside-method",
+           "--seeds", *seeds, "--out", str(tmp_path), "--no-figures", *SMALL]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FCB_TEST_SLEEP": "0.4"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 120
+    while len(list(tmp_path.rglob("seed*.json"))) < 3:
+        assert proc.poll() is None and time.time() < deadline, "runner ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("seed*.json")}
+    assert 3 <= len(done_before) < len(seeds)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(done_before)} already done" in res.stdout
+    records = sorted(p.name for p in tmp_path.rglob("seed*.json"))
+    assert records == sorted(f"seed{s}.json" for s in seeds)  # every cell once, none lost
+    assert not list(tmp_path.rglob("*.tmp"))
+    for name, mtime in done_before.items():  # finished cells were not rerun
+        assert next(tmp_path.rglob(name)).stat().st_mtime_ns == mtime
+
+
+def test_ray_executor_runs_a_small_grid_into_the_same_store(tmp_path):
+    pytest.importorskip("ray")
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    common = ["--plugin", PLUGIN, "--methods", "kmeans", "outside-method", "--seeds", "0", "1", "--no-figures",
+              "--param", "kmeans.n_init=1", *SMALL]
+    assert cli(*common, "--out", local).returncode == 0
+    res = cli(*common, "--out", distributed, "--executor", "ray", env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
+              timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    def metrics(root):
+        return {p.relative_to(root).as_posix(): json.loads(p.read_text())["metrics"]
+                for p in sorted((root / "runs").rglob("seed*.json"))}
+
+    assert metrics(distributed) == metrics(local) and len(metrics(local)) == 4
+    assert "| outside-method" in (distributed / "leaderboard.md").read_text()
+
+
+def test_our_datasets_package_wins_without_breaking_hugging_face_datasets(tmp_path):
+    """A stand-in for Hugging Face's `datasets` on the path: our CLI still finds our loaders,
+    and plain `import datasets` elsewhere still gets theirs, even in the same process."""
+    fake = tmp_path / "site" / "datasets"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("HUGGING_FACE = True\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    res = cli("--list", env=env)
+    assert res.returncode == 0 and "digits-reversed" in res.stdout, res.stderr
+    code = textwrap.dedent(f"""
+        import sys
+        import datasets
+        assert datasets.HUGGING_FACE
+        sys.path.insert(0, {str(ROOT)!r})
+        from bench import registry
+        names = registry.datasets.names()
+        assert "digits-reversed" in names, names
+        import datasets as again
+        assert again.HUGGING_FACE  # theirs is untouched
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+    # and without our root on the path, `import datasets` is theirs
+    res = subprocess.run([sys.executable, "-c", "import datasets; print(datasets.HUGGING_FACE)"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.stdout.strip() == "True"

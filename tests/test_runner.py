@@ -1,0 +1,123 @@
+"""The runner: records, resume, failures, NaN losses, not-applicable cells, recomputation."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bench import registry
+from bench.report import build_report
+from bench.runner import RunOptions, Spec, build_grid, run_grid
+from bench.store import RecordStore
+from tests.helpers import PLUGIN
+
+OPTS = RunOptions(device="cpu", plugins=(str(PLUGIN),))
+
+
+@pytest.fixture(autouse=True)
+def _plugin():
+    registry.load_plugin(str(PLUGIN))
+
+
+def _grid(seeds=(0, 1), methods=(("kmeans", {"n_init": 1, "n_iter": 10}),), **data_params):
+    dataset = Spec.make("dataset", "synthetic", {"n_samples": 200, **data_params})
+    return build_grid([Spec.make("method", m, p) for m, p in methods], [dataset], list(seeds))
+
+
+def test_records_are_complete_and_metrics_recomputable(tmp_path):
+    store = RecordStore(tmp_path)
+    cells = _grid()
+    summary = run_grid(cells, store, OPTS, progress=False)
+    assert len(summary.ran) == 2 and not summary.failed
+    records = store.records()
+    assert [r["seed"] for r in records] == [0, 1]
+    for r in records:
+        assert r["status"] == "ok"
+        for key in ("versions", "git_commit", "device", "wall_seconds", "train_seconds", "metrics"):
+            assert key in r, key
+        assert {"torch", "numpy", "python"} <= set(r["versions"])
+        labels = store.labels(r)
+        assert labels.shape == (200,)
+        recomputed = store.recompute_metrics(r)
+        assert recomputed == pytest.approx(r["metrics"])
+
+
+def test_rerun_skips_finished_cells_and_force_reruns(tmp_path):
+    store = RecordStore(tmp_path)
+    cells = _grid()
+    run_grid(cells, store, OPTS, progress=False)
+    first = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("seed*.json")}
+    again = run_grid(cells, store, OPTS, progress=False)
+    assert len(again.skipped) == 2 and not again.ran
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("seed*.json")} == first
+    forced = run_grid(cells, store, OPTS, force=True, progress=False)
+    assert len(forced.ran) == 2
+
+
+def test_same_seed_same_labels_across_runs(tmp_path):
+    a, b = RecordStore(tmp_path / "a"), RecordStore(tmp_path / "b")
+    cells = _grid(seeds=(3,))
+    run_grid(cells, a, OPTS, progress=False)
+    run_grid(cells, b, OPTS, progress=False)
+    np.testing.assert_array_equal(a.labels(a.records()[0]), b.labels(b.records()[0]))
+
+
+def test_cell_key_is_independent_of_parameter_order():
+    dataset = _grid()[0].dataset
+    one = Spec.make("method", "kmeans", {"n_init": 2, "n_iter": 5})
+    two = Spec.make("method", "kmeans", {"n_iter": 5, "n_init": 2})
+    assert build_grid([one], [dataset], [0])[0].cell_id == build_grid([two], [dataset], [0])[0].cell_id
+    assert Spec.make("method", "kmeans", {"n_init": 3}).key != one.key
+
+
+def test_failed_cell_is_recorded_reported_and_retried(tmp_path, monkeypatch):
+    store = RecordStore(tmp_path)
+    cells = _grid(methods=(("outside-method", {}),))
+    monkeypatch.setenv("FCB_TEST_FAIL_SEED", "1")
+    summary = run_grid(cells, store, OPTS, progress=False)
+    assert len(summary.failed) == 1
+    failed = store.get(cells[1])
+    assert failed["status"] == "failed" and "deliberate failure for seed 1" in failed["error"]
+    assert "labels_file" not in failed
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "1/2 (1 failed)" in text  # never counted as a result
+    monkeypatch.delenv("FCB_TEST_FAIL_SEED")
+    retry = run_grid(cells, store, OPTS, progress=False)
+    assert len(retry.skipped) == 1 and len(retry.ran) == 1
+    assert store.get(cells[1])["status"] == "ok"
+
+
+def test_nan_loss_fails_the_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCB_TEST_NAN_SEED", "0")
+    store = RecordStore(tmp_path)
+    summary = run_grid(_grid(seeds=(0,), methods=(("outside-method", {}),)), store, OPTS, progress=False)
+    assert len(summary.failed) == 1
+    assert "non-finite loss at epoch 1" in store.records()[0]["error"]
+
+
+def test_not_applicable_is_shown_not_failed(tmp_path):
+    store = RecordStore(tmp_path)
+    cells = _grid(seeds=(0,), methods=(("outside-method", {}), ("kmeans", {"n_init": 1})), n_groups=3)
+    summary = run_grid(cells, store, OPTS, progress=False)
+    assert len(summary.not_applicable) == 1 and not summary.failed
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "n/a: outside-method handles two groups only" in text
+    # a not-applicable cell is final: not retried
+    assert len(run_grid(cells, store, OPTS, progress=False).skipped) == 2
+
+
+def test_single_attribute_methods_see_the_primary_attribute_only(tmp_path):
+    store = RecordStore(tmp_path)
+    run_grid(_grid(seeds=(0,), n_attributes=3), store, OPTS, progress=False)
+    rec = store.records()[0]
+    assert rec["attributes"] == ["g0", "g1", "g2"] and rec["attributes_used"] == ["g0"]
+    assert {"mnce[g1]", "mnce[joint]", "balance_worst", "mi_sum"} <= set(rec["metrics"])
+
+
+def test_unknown_record_files_do_not_break_the_report(tmp_path):
+    store = RecordStore(tmp_path)
+    run_grid(_grid(seeds=(0,)), store, OPTS, progress=False)
+    rec_path = next(tmp_path.rglob("seed0.json"))
+    shutil.copy(rec_path, rec_path.with_name("seed0.json.tmp"))  # leftover of a killed writer
+    assert len(store.records()) == 1
+    assert json.loads(rec_path.read_text())["status"] == "ok"
