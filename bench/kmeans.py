@@ -85,20 +85,19 @@ def _torch_kmeans(X, k, n_iter, n_init, seed, max_ppc, spherical):
         else:
             sample = X
         C = sample[torch.randperm(sample.shape[0], generator=gen)[:k].to(X.device)].clone()
-        for _ in range(n_iter):
+        for it in range(n_iter):
             labels, _ = _assign(sample, C)
             sums = torch.zeros_like(C).index_add_(0, labels, sample)
             counts = torch.bincount(labels, minlength=k).to(C.dtype)
-            empty = counts == 0
             new_C = sums / counts.clamp_min(1)[:, None]
-            if bool(empty.any()):  # re-seed empty clusters on random points (faiss splits big ones)
-                pick = torch.randint(0, sample.shape[0], (int(empty.sum()),), generator=gen).to(X.device)
-                new_C[empty] = sample[pick]
+            # re-seed empty clusters on random points, without a host sync (faiss splits big ones)
+            pick = torch.randint(0, sample.shape[0], (k,), generator=gen).to(X.device)
+            new_C = torch.where((counts == 0)[:, None], sample[pick], new_C)
             if spherical:
                 new_C = torch.nn.functional.normalize(new_C, dim=1)
-            shift = (new_C - C).abs().max()
+            converged = it % 10 == 9 and bool((new_C == C).all())  # one host sync per 10 iterations
             C = new_C
-            if float(shift) == 0.0:
+            if converged:
                 break
         _, d = _assign(sample, C)
         inertia = float(d.sum())
