@@ -1,0 +1,125 @@
+"""Shared pieces of the classical fair-clustering baselines (ScFC, SpFC, FAlg).
+
+* :func:`knn_graph` -- symmetric k-nearest-neighbour connectivity graph (scipy CSR): exact
+  neighbours from scikit-learn on the CPU, from a chunked distance matrix + ``topk`` on a GPU.
+* :func:`kmedoids` -- Euclidean k-median restricted to data points (k-medoids) by Voronoi
+  iteration (Park & Jun, 2009), the "any k-median implementation" ScFC needs.
+* :func:`group_shares` -- counts and shares of each value of a sensitive attribute.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def group_shares(groups: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts N_g and shares r_g = N_g / N of each value 0..n_values-1."""
+    counts = np.bincount(np.asarray(groups, dtype=np.int64), minlength=n_values)
+    return counts, counts / max(1, counts.sum())
+
+
+def _torch_knn(X: torch.Tensor, n_neighbors: int, chunk: int = 4096) -> np.ndarray:
+    """Indices (n, n_neighbors) of the nearest other rows (squared Euclidean), on X's device."""
+    n = X.shape[0]
+    sq = (X * X).sum(1)
+    out = []
+    for start in range(0, n, chunk):
+        x = X[start : start + chunk]
+        d = sq[start : start + chunk, None] - 2.0 * (x @ X.T) + sq[None, :]
+        rows = torch.arange(x.shape[0], device=X.device)
+        d[rows, rows + start] = float("inf")  # a point is not its own neighbour
+        out.append(torch.topk(d, n_neighbors, dim=1, largest=False).indices)
+    return torch.cat(out).cpu().numpy()
+
+
+def knn_graph(X: np.ndarray, n_neighbors: int, device=None) -> sp.csr_matrix:
+    """Symmetric 0/1 k-nearest-neighbour graph W = max(A, A^T) of the rows of ``X``.
+
+    On the CPU: ``sklearn.neighbors.kneighbors_graph`` (exact, the point itself excluded).
+    On a CUDA device: the same exact graph from chunked distances and ``torch.topk``
+    (tensor work; ties may be broken differently from scikit-learn)."""
+    n = X.shape[0]
+    if device is not None and torch.device(device).type == "cuda":
+        idx = _torch_knn(torch.as_tensor(X, dtype=torch.float32, device=device), n_neighbors)
+        A = sp.csr_matrix(
+            (np.ones(idx.size), (np.repeat(np.arange(n), n_neighbors), idx.reshape(-1))), shape=(n, n)
+        )
+    else:
+        from sklearn.neighbors import kneighbors_graph
+
+        A = kneighbors_graph(np.asarray(X, dtype=np.float32), n_neighbors, mode="connectivity", include_self=False)
+    W = A.maximum(A.T).tocsr()
+    W.data[:] = 1.0
+    return W.astype(np.float64)
+
+
+def _sqdist(x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    return ((x * x).sum(1, keepdim=True) - 2.0 * x @ C.T + (C * C).sum(1)).clamp_min_(0.0)
+
+
+def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and Euclidean distance to the nearest row of C, for every row of X."""
+    idx, dist = [], []
+    for start in range(0, X.shape[0], chunk):
+        m, i = _sqdist(X[start : start + chunk], C).min(1)
+        idx.append(i)
+        dist.append(m.sqrt())
+    return torch.cat(idx), torch.cat(dist)
+
+
+def kmedoids(
+    X: torch.Tensor, k: int, seed: int, n_iter: int = 100, max_candidates: int = 256
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """k-medoids (Euclidean k-median with centres among the points), Voronoi iteration.
+
+    Initialisation: k-means++ seeding with D (not D²) weights (Arthur & Vassilvitskii, 2007;
+    the k-median variant), drawn with ``numpy.random.default_rng(seed)``. Then alternate
+    (i) assign every point to its nearest medoid and (ii) move each medoid to the member
+    minimising the sum of distances to the cluster's members, until the medoids stop moving.
+    Step (ii) is exact for clusters of at most ``max_candidates`` points; for larger ones the
+    candidates are the current medoid plus the ``max_candidates - 1`` members nearest to the
+    cluster mean (a documented approximation of the exact medoid, which would cost O(m²)).
+    The cost never increases. Returns (medoid indices, labels, total cost).
+    """
+    n = X.shape[0]
+    if k >= n:
+        return np.arange(n), np.arange(n) % max(k, 1), 0.0
+    rng = np.random.default_rng(seed)
+    medoids = [int(rng.integers(n))]
+    dmin = _nearest(X, X[medoids])[1].double().cpu().numpy()
+    for _ in range(1, k):
+        w = dmin.copy()
+        w[medoids] = 0.0
+        total = w.sum()
+        nxt = int(rng.choice(n, p=w / total)) if total > 0 else int(np.setdiff1d(np.arange(n), medoids)[0])
+        medoids.append(nxt)
+        dmin = np.minimum(dmin, _nearest(X, X[[nxt]])[1].double().cpu().numpy())
+    medoids = np.asarray(medoids)
+    for _ in range(n_iter):
+        labels = _nearest(X, X[medoids])[0].cpu().numpy()
+        new = medoids.copy()
+        for c in range(k):
+            members = np.flatnonzero(labels == c)
+            if members.size == 0:
+                continue
+            Xm = X[members]
+            if members.size <= max_candidates:
+                cand = np.union1d(members, [medoids[c]])
+            else:
+                centre = Xm.mean(0, keepdim=True)
+                near = torch.topk(_sqdist(Xm, centre)[:, 0], max_candidates - 1, largest=False).indices
+                cand = np.union1d(members[near.cpu().numpy()], [medoids[c]])
+            cost = torch.zeros(len(cand), dtype=torch.float64, device=X.device)
+            for start in range(0, members.size, 8192):
+                cost += _sqdist(Xm[start : start + 8192], X[cand]).sqrt().sum(0).double()
+            # ties: keep the current medoid, else the smallest index
+            best = cand[int(torch.argmin(cost))]
+            if cost[int(np.flatnonzero(cand == medoids[c])[0])] <= cost.min():
+                best = medoids[c]
+            new[c] = best
+        if np.array_equal(new, medoids):
+            break
+        medoids = new
+    labels, dist = _nearest(X, X[medoids])
+    return medoids, labels.cpu().numpy(), float(dist.double().sum())
