@@ -1,0 +1,274 @@
+"""Infomin / sliced-MI variants of fair deep clustering: one FCMI backbone, only the fairness
+estimator changes.
+
+Design: ``shared/reference/ifc_infomin.md`` Part C (a proposal: Scalable Infomin Learning,
+Chen et al., NeurIPS 2022, never clustered; its estimators are re-implemented in
+:mod:`methods._estimators` from §B.3–B.4).
+"""
+from __future__ import annotations
+
+import torch
+
+from bench import Method, MethodOutput, ParameterError, register_method
+
+from ._estimators import make_estimator
+from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
+from ._nets import build_autoencoder
+
+BACKBONE = {
+    "epochs": 300,
+    "batch_size": 512,
+    "lr": 1e-3,
+    "warmup_epochs": 20,
+    "alpha": 0.04,
+    "beta": 0.2,
+    "temperature": 0.1,
+    "embed_dim": "n_clusters",
+    "kmeans_iter": 300,
+    "kmeans_restarts": 10,
+    "kmeans_max_points_per_centroid": 1000,
+    "kmeans_backend": "auto",
+    "final_centroids": "refit",
+    "arch": "auto",
+    "width": 1.0,
+    "amp": False,
+    "target": "assignment",
+    "encoding": "joint",
+    "attribute": 0,
+}
+TEST_BACKBONE = {
+    "epochs": 3, "warmup_epochs": 1, "batch_size": 128, "kmeans_iter": 20, "kmeans_restarts": 2, "width": 0.125,
+}
+CHOICES = {
+    "target": ("assignment", "embedding"),
+    "encoding": ("single", "joint", "concat"),
+    "kmeans_backend": ("auto", "faiss", "torch"),
+    "final_centroids": ("refit", "last"),
+    "arch": ("auto", "conv28", "mlp"),
+}
+
+
+def validate_backbone(name: str, p: dict) -> None:
+    """Shared checks of the FCMI backbone's parameters (one-line ParameterError messages)."""
+    for key in ("epochs", "batch_size", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid"):
+        if p[key] < 1:
+            raise ParameterError(f"{name}: {key} must be a positive integer")
+    if p["warmup_epochs"] < 0:
+        raise ParameterError(f"{name}: warmup_epochs must be >= 0")
+    for key in ("lr", "temperature", "width"):
+        if not p[key] > 0:
+            raise ParameterError(f"{name}: {key} must be > 0")
+    if p["embed_dim"] != "n_clusters" and not (str(p["embed_dim"]).isdigit() and int(p["embed_dim"]) > 0):
+        raise ParameterError(f"{name}: embed_dim must be 'n_clusters' or a positive integer")
+    for key, accepted in CHOICES.items():
+        if key in p and p[key] not in accepted:
+            raise ParameterError(f"{name}: {key} must be one of {', '.join(accepted)}")
+
+
+def build_backbone(p: dict, data, seed: int):
+    """FCMI's autoencoder (one decoder per primary-attribute value), initialised from ``seed``
+    without touching the global RNG (the same network FCMI builds for the same seed)."""
+    embed_dim = data.n_clusters if p["embed_dim"] == "n_clusters" else int(p["embed_dim"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build_autoencoder(data.X.shape[1:], embed_dim, data.n_groups, arch=p["arch"], width=p["width"])
+
+
+class InfominPenalty:
+    """The fairness callable handed to FCMI's loop: per batch, max-step ``fit`` on detached
+    tensors, then the differentiable ``penalty`` (§C.4). A plain object, not an ``nn.Module``:
+    the critics are trained only by their own optimiser, never by the encoder's Adam."""
+
+    def __init__(self, estimator, coding: JointCoding, target: str, encoding: str, attribute: int, recorder):
+        self.estimator, self.coding, self.recorder = estimator, coding, recorder
+        self.target, self.encoding, self.attribute = target, encoding, attribute
+
+    def __call__(self, q, h, code, n_cells):
+        a = q if self.target == "assignment" else h
+        t, _ = self.coding.encode(code, self.encoding, self.attribute)
+        self.recorder.start()
+        self.estimator.fit(a.detach(), t)
+        self.recorder.mark()
+        value = self.estimator.penalty(a, t)
+        self.recorder.stop()
+        return value
+
+
+class InfominClustering(Method):
+    """Base of the ``infomin-*`` methods (not registered itself).
+
+    Backbone (identical for every variant, ifc_infomin.md §C.1, = FCMI, fcmi.md §1–§3): FCMI's
+    autoencoder (conv net for C×28×28 images, MLP for everything else, flattened: e.g. 8×8
+    digits and tabular features), L2-normalised embedding z (d = K), k-means centres refreshed
+    every epoch, Q = softmax(z·μ/0.1), loss L_rec + α·(H(C|X) − H(C)) + β·D̂(A; T) with α = 0.04
+    and the fairness term only after 20 reconstruction-only epochs; Adam 1e-3, batch 512, 300
+    epochs; FCMI's loop (:func:`methods._fcmi_loop.train_fcmi_style`), run on intersectional
+    codes (:mod:`methods._multi_attr`), one decoder per value of the primary attribute.
+
+    Only D̂ changes between variants. Per batch (§C.4): ``fit`` on detached A (the max-step),
+    then β·``penalty``(A, T) joins the loss (the min-step). ``target``: A = Q (``assignment``,
+    the clustering analogue of demographic parity) or A = z (``embedding``, the infomin
+    paper's setting). ``encoding`` of T: ``single`` (attribute ``attribute``), ``joint`` (the
+    intersectional cell, the IFC-faithful choice and the only one that sees XOR-type
+    dependence for every estimator) or ``concat``. With one attribute the three coincide.
+
+    β convention: README style, β multiplies D̂ (larger = fairer); infomin's code puts β on
+    the utility instead (§B.2). β = 0.2 (FCMI's LambdaFair) is a common default, not tuned:
+    the estimators' scales differ (correlations in [0,1], TC in [0, log 2], CLUB and plug-in in
+    nats), so sweep β per estimator. Correlation-type estimators (Pearson, dCor, slice, HGR)
+    saturate: as Q becomes a near-deterministic function of T their gradient in Q vanishes
+    (measured: slice |∇| ≈ 2e-4 at |ρ| = 1 against 0.1 at ρ = 0.6), so they cannot undo a
+    clustering already aligned with T after warm-up; the plug-in MI's gradient grows instead.
+
+    History rows add ``fair_fit_s`` (seconds per max-step, the infomin paper's axis) and
+    ``fair_step_s`` (max-step + penalty forward; backward not included), measured with CUDA
+    events on a GPU.
+    """
+
+    estimator = ""
+    estimator_parameters: dict = {}
+    paper = "Chen, Sun, Li, Weller, Scalable Infomin Learning, NeurIPS 2022 (estimators); FCMI backbone (CVPR 2023)"
+    paper_name = ""
+    uses_gpu = True
+    many_groups = True
+    multi_attribute = True
+    fairness_aware = True
+    version = "1"
+
+    def validate(self):
+        p = self.params
+        validate_backbone(self.name, p)
+        for key in ("alpha", "beta"):
+            if p[key] < 0:
+                raise ParameterError(f"{self.name}: {key} must be >= 0")
+        if p["attribute"] < 0:
+            raise ParameterError(f"{self.name}: attribute must be a non-negative attribute index")
+        for key in ("inner_steps", "n_slices", "hidden"):
+            if key in p and p[key] < 1:
+                raise ParameterError(f"{self.name}: {key} must be a positive integer")
+        for key in ("inner_lr", "ridge"):
+            if key in p and not p[key] > 0:
+                raise ParameterError(f"{self.name}: {key} must be > 0")
+        if p.get("reduce", "mean") not in ("mean", "max"):
+            raise ParameterError(f"{self.name}: reduce must be mean or max")
+        if p.get("variant", "gaussian") not in ("gaussian", "categorical"):
+            raise ParameterError(f"{self.name}: variant must be gaussian or categorical")
+
+    def fit(self, data, seed, device):
+        p = self.params
+        device = torch.device(device)
+        if p["attribute"] >= data.n_attributes:
+            raise ParameterError(f"{self.name}: attribute {p['attribute']} but the data have {data.n_attributes}")
+        model = build_backbone(p, data, seed)
+        coding = JointCoding(data.groups, [a.n_values for a in data.attributes], device)
+        _, blocks = coding.encode(torch.zeros(1, dtype=torch.long, device=device), p["encoding"], p["attribute"])
+        dim_a = data.n_clusters if p["target"] == "assignment" else model.embed_dim
+        options = {k: p[k] for k in self.estimator_parameters}
+        if self.estimator == "plugin":
+            options["blocks"] = blocks
+        estimator = make_estimator(self.estimator, dim_a, sum(blocks), device=device, seed=seed, **options)
+        recorder = StepRecorder(device)
+        penalty = InfominPenalty(estimator, coding, p["target"], p["encoding"], p["attribute"], recorder)
+        labels, embedding, history = train_multi_attribute(
+            model, data, penalty, p, seed=seed, device=device, alpha=p["alpha"], beta=p["beta"], recorder=recorder,
+        )
+        return MethodOutput(labels=labels, embedding=embedding, history=history)
+
+
+@register_method
+class InfominPearson(InfominClustering):
+    """D̂ = mean_{a,b} |corr(A_a, T_b)| (infomin ``mi/corr.py``); linear dependence only.
+    Shared backbone: :class:`InfominClustering`."""
+
+    name = "infomin-pearson"
+    description = "FCMI backbone + Pearson correlation penalty mean|corr(Q, T)| (infomin family)"
+    estimator = "pearson"
+    estimator_parameters = {"reduce": "mean"}
+    parameters = {**BACKBONE, **estimator_parameters}
+    test_parameters = TEST_BACKBONE
+
+
+@register_method
+class InfominDCor(InfominClustering):
+    """D̂ = bias-corrected distance correlation (infomin ``mi/dc.py``); O(batch²) memory.
+    Shared backbone: :class:`InfominClustering`."""
+
+    name = "infomin-dcor"
+    description = "FCMI backbone + distance-correlation penalty dCor(Q, T) (infomin family)"
+    estimator = "dcor"
+    parameters = dict(BACKBONE)
+    test_parameters = TEST_BACKBONE
+
+
+@register_method
+class InfominSlice(InfominClustering):
+    """D̂ = sliced MI (infomin ``mi/slice.py``): random slices, tanh-polynomial features,
+    closed-form ridge CCA on the detached batch, slices redrawn every batch; S = 100 as in the
+    infomin fairness notebooks. Shared backbone: :class:`InfominClustering`."""
+
+    name = "infomin-slice"
+    description = "FCMI backbone + sliced mutual information penalty (Chen et al., NeurIPS 2022)"
+    estimator = "slice"
+    estimator_parameters = {"n_slices": 100, "ridge": 1e-3}
+    parameters = {**BACKBONE, **estimator_parameters}
+    test_parameters = {**TEST_BACKBONE, "n_slices": 10}
+
+
+@register_method
+class InfominHGR(InfominClustering):
+    """D̂ = one-sided neural Rényi/HGR correlation, critic [d_A, 128, d_T], 3 inner steps per
+    batch (infomin ``mi/renyi.py``; Adult notebook). Shared backbone: :class:`InfominClustering`."""
+
+    name = "infomin-hgr"
+    description = "FCMI backbone + neural Renyi/HGR maximal-correlation penalty (infomin family)"
+    estimator = "hgr"
+    estimator_parameters = {"inner_steps": 3, "inner_lr": 5e-4, "hidden": 128}
+    parameters = {**BACKBONE, **estimator_parameters}
+    test_parameters = {**TEST_BACKBONE, "inner_steps": 1}
+
+
+@register_method
+class InfominTC(InfominClustering):
+    """D̂ = log 2 − loss of a joint-vs-shuffled critic (neural total correlation, infomin
+    ``mi/tc.py``), 5 inner steps per batch (Adult notebook). Shared backbone:
+    :class:`InfominClustering`."""
+
+    name = "infomin-tc"
+    description = "FCMI backbone + neural total-correlation penalty (infomin family)"
+    estimator = "tc"
+    estimator_parameters = {"inner_steps": 5, "inner_lr": 5e-4, "hidden": 100}
+    parameters = {**BACKBONE, **estimator_parameters}
+    test_parameters = {**TEST_BACKBONE, "inner_steps": 1}
+
+
+@register_method
+class InfominCLUB(InfominClustering):
+    """D̂ = vCLUB upper bound with a Gaussian q(t|a) (infomin ``mi/club.py``), 5 inner steps per
+    batch; ``variant=categorical`` uses a softmax q(t|a) for one-hot T. Shared backbone:
+    :class:`InfominClustering`."""
+
+    name = "infomin-club"
+    description = "FCMI backbone + CLUB upper-bound MI penalty (infomin family)"
+    estimator = "club"
+    estimator_parameters = {"inner_steps": 5, "inner_lr": 5e-4, "hidden": 200, "variant": "gaussian"}
+    parameters = {**BACKBONE, **estimator_parameters}
+    test_parameters = {**TEST_BACKBONE, "inner_steps": 1}
+
+
+@register_method
+class InfominPlugin(InfominClustering):
+    """D̂ = exact plug-in I(C; T) of the batch's soft cluster × cell table: FCMI's InfoFair with
+    the chosen encoding (``concat`` sums over attributes), the reference of the family. Needs
+    ``target=assignment``. With one attribute it is FCMI itself. Shared backbone:
+    :class:`InfominClustering`."""
+
+    name = "infomin-plugin"
+    description = "FCMI backbone + exact plug-in I(C;T) on the soft table: the infomin reference"
+    estimator = "plugin"
+    parameters = dict(BACKBONE)
+    test_parameters = TEST_BACKBONE
+
+    def validate(self):
+        super().validate()
+        if self.params["target"] != "assignment":
+            raise ParameterError("infomin-plugin: target must be assignment (the plug-in MI needs soft assignments)")
