@@ -277,6 +277,9 @@ class Method(_Declared):
     paper: ClassVar[str] = ""
     #: Name of this method in ``paper_results.csv`` (e.g. "FCMI"), if the papers report it.
     paper_name: ClassVar[str] = ""
+    #: The hyperparameter that weighs the fairness term (e.g. "beta"), so that
+    #: ``--sweep fairness=0,0.1,...`` can sweep methods whose parameter names differ.
+    fairness_weight: ClassVar[str] = ""
 
     @classmethod
     def test_config(cls) -> "Method":

@@ -18,6 +18,8 @@ from .store import RecordStore
 QUICK_DATASET = "digits-reversed"
 QUICK_SEEDS = [0, 1, 2]
 MAIN_OUT = PROJECT_ROOT / "results"
+#: ``--sweep fairness=...`` sweeps each method's declared ``fairness_weight`` parameter.
+FAIRNESS = "fairness"
 
 
 class UsageError(Exception):
@@ -60,7 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-param", action="append", default=[], metavar="[DATASET.]NAME=VALUE",
                    help="override a dataset parameter")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
-                   help="run every value of a hyperparameter (methods that have it), e.g. LambdaFair=0,0.1,0.2")
+                   help="run every value of a hyperparameter (methods that have it), e.g. LambdaFair=0,0.1,0.2; "
+                   "'fairness=...' sweeps each method's own fairness weight (beta, LambdaFair, lmbda, ...)")
     p.add_argument("--test-config", action="store_true", help="use each method's tiny test configuration")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="in-process (default) or Ray")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
@@ -107,7 +110,9 @@ def _specs(kind, names, assignments, sweeps=(), test_config=False) -> list[Spec]
             accepted = sorted({k for o in owners for k in reg.get(o).parameters})
             raise UsageError(f"no selected {kind} has parameter {name!r}; accepted: {', '.join(accepted) or 'none'}")
     for name, _ in sweeps:
-        if not any(name in reg.get(o).parameters for o in names):
+        if name == FAIRNESS and not any(getattr(reg.get(o), "fairness_weight", "") for o in names):
+            raise UsageError(f"no selected {kind} declares a fairness weight to sweep; selected: {', '.join(names)}")
+        if name != FAIRNESS and not any(name in reg.get(o).parameters for o in names):
             raise UsageError(f"no selected {kind} has parameter {name!r} to sweep")
     specs = []
     for n in names:
@@ -116,7 +121,8 @@ def _specs(kind, names, assignments, sweeps=(), test_config=False) -> list[Spec]
         for target, key, value in assignments:
             if key in cls.parameters and target in (None, n):
                 base[key] = value
-        own = [(k, vs) for k, vs in sweeps if k in cls.parameters]
+        own = [(getattr(cls, "fairness_weight", "") if k == FAIRNESS else k, vs) for k, vs in sweeps]
+        own = [(k, vs) for k, vs in own if k in cls.parameters]
         for combo in itertools.product(*[vs for _, vs in own]) if own else [()]:
             params = {**base, **{k: v for (k, _), v in zip(own, combo)}}
             specs.append(Spec.make(kind, n, params))

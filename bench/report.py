@@ -174,7 +174,7 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
                 "m:balance_bound"].notna().any() else None
             n = next((r.get("n_samples") for r in records if r["dataset"]["key"] == dkey and r.get("n_samples")), "?")
             lines += [f"## {first['dataset']['label']}", "",
-                      f"{n} samples; attributes: {', '.join(attrs) or '?'} (fairness columns use `{attrs[0] if attrs else '?'}`)", "",
+                      f"{n:,} samples; attributes: {', '.join(attrs) or '?'} (fairness columns use `{attrs[0] if attrs else '?'}`)", "",
                       dataset_table(d, bound), ""]
             inter = intersectional_table(d, attrs)
             if inter:
@@ -199,38 +199,46 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
     return text
 
 
+def _tradeoff_plot(summary, xkey, ykey, xlabel, ylabel, title, path, plt):
+    """Utility against fairness, one point per method configuration with error bars; the
+    configurations of one method (a sweep) are joined by a line in order of fairness."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for mname, g in summary.groupby("method_name", sort=True):
+        pts = sorted((r[xkey][0], r[ykey][0], r[xkey][1], r[ykey][1]) for _, r in g.iterrows())
+        xs, ys, xe, ye = (np.array(v) for v in zip(*pts))
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, linestyle="-" if len(pts) > 1 else "none",
+                    label=mname)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
 def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
-    """ACC vs MNCE scatter (with error bars; swept variants joined per method) and per-metric bars."""
+    """Trade-off figures (ACC vs MNCE; NMI vs joint MNCE with several attributes) and per-metric bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [k for k, _, _ in HEADLINE]
-    summary = _summary(df, keys)
+    joint = "m:mnce[joint]" in df and df["m:mnce[joint]"].notna().any()
+    summary = _summary(df, keys + (["mnce[joint]"] if joint else []))
     summary = summary[summary.n_ok > 0]
     if summary.empty:
         return []
     figures_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for mname, g in summary.groupby("method_name", sort=True):
-        xs = [r["mnce"][0] for _, r in g.iterrows()]
-        ys = [r["acc"][0] for _, r in g.iterrows()]
-        order = np.argsort(xs)
-        ax.errorbar(np.array(xs)[order], np.array(ys)[order], xerr=[g.iloc[i]["mnce"][1] for i in order],
-                    yerr=[g.iloc[i]["acc"][1] for i in order], marker="o", capsize=3,
-                    linestyle="-" if len(g) > 1 else "none", label=mname)
-    ax.set_xlabel("MNCE (%)  → fairer")
-    ax.set_ylabel("ACC (%)  → more accurate")
-    ax.set_title(f"{dkey}: accuracy vs fairness")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = f"{dkey}_acc_vs_mnce.png"
-    fig.savefig(figures_dir / name, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-    names.append(name)
+    names = [f"{dkey}_acc_vs_mnce.png"]
+    _tradeoff_plot(summary, "mnce", "acc", "MNCE (%)  → fairer", "ACC (%)  → more accurate",
+                   f"{dkey}: accuracy vs fairness", figures_dir / names[-1], plt)
+    if joint:
+        names.append(f"{dkey}_nmi_vs_joint_mnce.png")
+        _tradeoff_plot(summary, "mnce[joint]", "nmi", "joint (intersectional) MNCE (%)  → fairer",
+                       "NMI (%)", f"{dkey}: utility vs intersectional fairness", figures_dir / names[-1], plt)
 
     fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.6), sharey=False)
     labels = summary["method"].tolist()

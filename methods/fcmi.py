@@ -47,6 +47,7 @@ class FCMI(Method):
     description = "FCMI: deep fair clustering, max I(X;C|G) and min I(C;G) (Zeng et al., CVPR 2023)"
     paper = "Zeng et al., Deep Fair Clustering via Maximizing and Minimizing Mutual Information, CVPR 2023"
     paper_name = "FCMI"
+    fairness_weight = "beta"
     parameters = {
         "epochs": 300,
         "batch_size": 512,

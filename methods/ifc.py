@@ -51,6 +51,7 @@ class IFC(Method):
     description = "IFC intersectional fair clustering, built from its README (experts, attention, GRL discriminators)"
     paper = "Intersectional Fair Clustering (IFC): README of Orange1021/Intersectional-Fair-Clustering, paper not found"
     paper_name = ""
+    fairness_weight = "LambdaFair"
     parameters = {
         "epochs": 300,
         "batch_size": 512,

@@ -129,6 +129,7 @@ class InfominClustering(Method):
     estimator_parameters: dict = {}
     paper = "Chen, Sun, Li, Weller, Scalable Infomin Learning, NeurIPS 2022 (estimators); FCMI backbone (CVPR 2023)"
     paper_name = ""
+    fairness_weight = "beta"
     uses_gpu = True
     many_groups = True
     multi_attribute = True

@@ -215,6 +215,7 @@ class VFC(Method):
     description = "Variational fair k-means (Ziko et al., AAAI 2021): KL fairness term, bound-optimisation updates"
     paper = "Ziko, Yuan, Granger, Ben Ayed. Variational Fair Clustering. AAAI 2021"
     paper_name = "VFC"
+    fairness_weight = "lmbda"
     parameters = {
         "lmbda": 50.0,
         "normalize": "l2",

@@ -97,11 +97,17 @@ def test_report_only_rebuilds_the_leaderboard_identically(tmp_path):
     assert board.read_bytes() == before
 
 
-def test_sweep_runs_every_value_and_joins_them_in_the_trade_off_plot(tmp_path):
-    res = cli("--methods", "kmeans", "--sweep", "n_init=1,2", "--seeds", "0", "--out", tmp_path, *SMALL)
+def test_fairness_sweep_maps_to_each_methods_own_weight_and_plots_the_trade_off(tmp_path):
+    res = cli("--methods", "vfc", "kmeans", "--sweep", "fairness=0,1000", "--test-config", "--seeds", "0",
+              "--out", tmp_path, *SMALL, "--dataset-param", "n_attributes=2", "--dataset-param", "group_shift=3")
     assert res.returncode == 0, res.stderr
     board = (tmp_path / "leaderboard.md").read_text()
-    assert "| kmeans [n_init=1]" in board and "| kmeans [n_init=2]" in board
+    assert "| vfc [" in board and "lmbda=0.0" in board and "lmbda=1000.0" in board
+    assert board.count("| kmeans [") == 2  # no fairness weight: not swept, one row in the main and joint tables
+    assert "Intersectional fairness" in board
+    assert list((tmp_path / "figures").glob("*_nmi_vs_joint_mnce.png"))
+    res = cli("--methods", "kmeans", "--sweep", "fairness=0,1", "--datasets", "synthetic", "--out", tmp_path)
+    assert res.returncode == 2 and "no selected method declares a fairness weight" in res.stderr
 
 
 def test_kill_mid_grid_then_rerun_completes_without_duplicates_or_loss(tmp_path):
