@@ -1,7 +1,9 @@
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/faiss load: see run_benchmark.py
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Keep tests reproducible and light on CI's 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,0 +1,374 @@
+"""DFC: Deep Fair Clustering (Li, Zhao & Liu, "Deep Fair Clustering for Visual Learning",
+CVPR 2020), re-implemented from the facts in ``shared/reference/dfc.md`` (the original code has
+no licence; none of it is copied). Label results "DFC (re-implemented)".
+
+Model (dfc.md §1). A shared VAE-style encoder F (§1.2; μ in eval mode, a reparameterised
+sample in train mode) and a DEC Student-t cluster layer A (§1.3, α = 1) are trained; frozen
+per-group teachers (an encoder + DEC centres trained on that group alone) give the targets of
+the structural term; a critic D (§1.4) reads the soft assignment q through gradient reversal.
+
+One iteration (dfc.md §2): draw ``batch_size`` samples from EACH group, q = A(F(x)), then
+
+* L_c, Eq. (5): ½ Σ_g D(P_g ‖ Q_g), with the target P_g of Eq. (4) rebuilt from the current
+  batch of group g (no gradient); D = KL(P‖Q) summed over the batch (paper and code), or the
+  MLRC reproduction's options ``divergence="JS"`` (a CORRECT Jensen–Shannon, ½KL(P‖M) +
+  ½KL(Q‖M); theirs reversed the KL directions, §2.7) and ``"CS"`` (Cauchy–Schwarz over the
+  whole b×K matrix);
+* L_s, Eq. (3): ½ Σ_g ‖Q_g Q_gᵀ − Q̂_g Q̂_gᵀ‖_F² with the teacher's Q̂_g;
+* L_f, Eq. (2): BCE of D(GRL_λ(q)) against the group (target 1 for group 0, 0 for group 1);
+* L = L_c + ``coeff_fair``·L_f + ``coeff_par``·L_s, one Adam step over centres, encoder and
+  critic: the GRL makes F and A descend L_c + α_s L_s − α_f λ(t) L_f (§2.6's minimax).
+
+Schedule (dfc.md §3): Adam, weight decay 5e-4 (coupled L2) on every parameter; lr_t =
+lr·(1 + 10 t/T)^(−0.75) per step, ×``adv_mult`` = 10 for the critic; λ(t) = 2/(1+e^(−10t/T))
+− 1 with t counting critic passes (1 at the first step); T = ``iters`` = 20,000; 512 per group.
+**Learning rate: 1e-2**, the official code's default, as dfc.md §7 recommends (the ReScience
+text says 1e-4, possibly the paper's value; the code default is the one tied to the released
+weights). Evaluation: the FINAL iteration, every sample, eval mode (μ), argmax q
+(transductive; no best iteration is ever picked).
+
+Pretraining (RECONSTRUCTED; the authors released weights for MNIST-USPS only and no recipe,
+dfc.md §3.1, and their weights cannot be used here, so every run pretrains from scratch):
+1. a VAE (F + our mirror decoder) on the pooled data, ``pretrain_epochs`` = 80 epochs (as the
+   MLRC reproduction's VAE), Adam 1e-3, batch 256; Bernoulli reconstruction for images,
+   unit-Gaussian for flat features, plus the KL term;
+2. k-means (``bench.kmeans``, K = n_clusters, ``kmeans_n_init`` = 20 restarts as the second
+   MLRC reproduction) on the μ features: the initial centres (``init_centers="xavier"`` is the
+   reproduction's "no pretrained centres" ablation);
+3. one DEC teacher per group: a VAE pretrained on the group alone as in step 1
+   (``teacher_init="group"``; ``"pooled"`` starts from a copy of the step-1 encoder instead),
+   k-means on its μ features, then DEC (KL(P‖Q), P over the whole group refreshed every epoch)
+   for ``teacher_epochs`` = 200 epochs, Adam 1e-4, batch 256 (≈ that reproduction's 50k
+   iterations on MNIST, counted in epochs so small groups are not trained for thousands).
+   Teachers are frozen and deterministic (eval mode, μ), so their assignments of every sample
+   are computed once before DFC training and indexed per batch: identical to running them on
+   each batch, and cheaper.
+
+Inputs. DFC's conv encoder expects C×32×32 in [0, 1]: images are rescaled on the device
+(kept if already in [0, 1], (x+1)/2 if in [−1, 1] — FCMI's normalisation of our MNIST
+datasets — else min–max) and 28×28 images are brought to 32×32 (``resize="bilinear"`` as the
+second MLRC reproduction's Resize(32), or ``"pad"``: 2 px of edge padding, the MNIST recipe of
+dfc.md §4.4). OUR extensions: flat features and images of other sizes use an MLP encoder
+(d→512→512, same VAE heads; ``encoder="auto"``: conv for 28×28 / 32×32 images, MLP otherwise;
+``"conv"`` resizes any image to 32×32); more than two groups (the paper handles two) use one
+teacher per group, averages over groups instead of ½Σ, and a G-way softmax critic with
+cross-entropy (automatic when the primary attribute has more than two values; with one group
+there is no critic). Groups are the values that occur, batches take min(``batch_size``, group
+size) per group. Data live on the device as tensors, batches are drawn by index, and the step
+loop has no host synchronisation (losses are accumulated on the device and read at the end).
+
+History: rows ``vae_epoch``/``vae_loss`` (pooled VAE), ``teacher_group`` with
+``vae_epoch``/``vae_loss`` and ``dec_epoch``/``dec_kl`` (teachers), then DFC rows every
+``log_every`` iterations: ``iter``, ``loss`` (L as defined above, not what the GRL makes F
+descend), ``clustering`` (L_c), ``structural`` (L_s), ``fairness`` (L_f), ``batch_soft_mi``
+(I(C;G) of the batch's soft cluster × group table), ``grl_coeff``, ``lr``. The row ``iter`` 0
+(the k-means start) and the last row also hold ``hard_mi``/``soft_mi``: I(C;G) over every
+sample (groups only, never labels).
+
+What to expect (measured on digits-reversed, see tests/test_dfc.py): L_c RISES during training
+by design (P is rebuilt from Q, so KL(P‖Q) ≈ 0 for a soft start and grows as Q sharpens);
+the per-group target of Eq. (4) and the per-group structural term already spread every group
+over all clusters (I(C;G) falls from ≈ log 2 at the k-means start to ≈ 0.01–0.1 with or
+without the critic), while the critic's gradient reaching F and A is only ~0.1–0.3 % of that
+of L_c and L_s (L_f is a mean, L_c and L_s are sums over b and b² terms, as in the code), so
+switching the critic off changes I(C;G) on that data by less than seed-to-seed noise.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench import Method, MethodOutput, NotApplicable, ParameterError, register_method
+from bench.kmeans import kmeans
+
+from ._dfc_nets import LATENT_DIM, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from ._dfc_parts import (
+    DIVERGENCES,
+    ClusterLayer,
+    Critic,
+    grad_reverse,
+    grl_coefficient,
+    group_losses,
+    inv_lr,
+    soft_mutual_information,
+)
+from ._dfc_pretrain import assign, embed, reparameterise, train_dec, train_vae
+
+CHOICES = {
+    "divergence": DIVERGENCES,
+    "init_centers": ("kmeans", "xavier"),
+    "encoder": ("auto", "conv", "mlp"),
+    "resize": ("bilinear", "pad"),
+    "teacher_init": ("group", "pooled"),
+}
+
+
+@register_method
+class DFC(Method):
+    __doc__ = __doc__  # the module docstring: model, schedule, pretraining recipe, extensions
+
+    name = "dfc"
+    description = "Deep Fair Clustering (CVPR 2020): DEC, per-group teachers, adversarial critic; pretrains itself"
+    paper = "Li, Zhao & Liu, Deep Fair Clustering for Visual Learning, CVPR 2020"
+    paper_name = "DFC"
+    fairness_weight = "coeff_fair"
+    parameters = {
+        "iters": 20000,
+        "batch_size": 512,
+        "lr": 1e-2,
+        "weight_decay": 5e-4,
+        "adv_mult": 10.0,
+        "coeff_fair": 1.0,
+        "coeff_par": 1.0,
+        "divergence": "KL",
+        "alpha": 1.0,
+        "init_centers": "kmeans",
+        "encoder": "auto",
+        "resize": "bilinear",
+        "pretrain_epochs": 80,
+        "pretrain_batch_size": 256,
+        "pretrain_lr": 1e-3,
+        "teacher_init": "group",
+        "teacher_epochs": 200,
+        "teacher_batch_size": 256,
+        "teacher_lr": 1e-4,
+        "kmeans_n_init": 20,
+        "log_every": 100,
+    }
+    test_parameters = {
+        "iters": 20,
+        "batch_size": 32,
+        "pretrain_epochs": 2,
+        "pretrain_batch_size": 64,
+        "teacher_epochs": 2,
+        "teacher_batch_size": 64,
+        "kmeans_n_init": 1,
+        "log_every": 5,
+    }
+    uses_gpu = True
+    many_groups = True
+    multi_attribute = False
+    fairness_aware = True
+    version = "1"
+
+    def validate(self):
+        p = self.params
+        for key, accepted in CHOICES.items():
+            if p[key] not in accepted:
+                raise ParameterError(f"dfc: {key} must be one of {', '.join(accepted)}, got {p[key]!r}")
+        for key in ("iters", "batch_size", "pretrain_batch_size", "teacher_batch_size", "kmeans_n_init", "log_every"):
+            if p[key] < 1:
+                raise ParameterError(f"dfc: {key} must be an integer >= 1, got {p[key]}")
+        for key in ("pretrain_epochs", "teacher_epochs"):
+            if p[key] < 0:
+                raise ParameterError(f"dfc: {key} must be an integer >= 0, got {p[key]}")
+        for key in ("lr", "pretrain_lr", "teacher_lr", "alpha"):
+            if not p[key] > 0:
+                raise ParameterError(f"dfc: {key} must be > 0, got {p[key]}")
+        for key in ("weight_decay", "adv_mult", "coeff_fair", "coeff_par"):
+            if not p[key] >= 0:
+                raise ParameterError(f"dfc: {key} must be >= 0, got {p[key]}")
+
+    def check_applicable(self, data):
+        super().check_applicable(data)
+        if self.params["encoder"] == "conv" and np.asarray(data.X).ndim < 3:
+            raise NotApplicable("dfc: encoder='conv' needs images; use encoder='auto' or 'mlp' for flat features")
+        counts = np.unique(data.group, return_counts=True)[1]
+        need = max(2, data.n_clusters)
+        if counts.min() < need:
+            raise NotApplicable(
+                f"dfc: every group needs >= {need} samples (a DEC teacher per group); smallest has {counts.min()}"
+            )
+
+    def fit(self, data, seed, device):
+        device = torch.device(device)
+        self.check_applicable(data)
+        devices = []
+        if device.type == "cuda":
+            devices = [device.index if device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return self._fit(data, int(seed), device)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _inputs(self, data, device):
+        """Device tensor X, the encoder kind and the reconstruction likelihood."""
+        X = torch.as_tensor(np.asarray(data.X), dtype=torch.float32).to(device)
+        if X.ndim == 3:
+            X = X[:, None]
+        if X.ndim != 4:
+            return X.reshape(X.shape[0], -1), "mlp", "mse"
+        X = unit_range(X)
+        H, W = X.shape[-2:]
+        kind = self.params["encoder"]
+        if kind == "auto":
+            kind = "conv" if H == W and H in (28, 32) else "mlp"
+        if kind == "conv":
+            X = to_32(X, self.params["resize"])
+        return X, kind, "bce"
+
+    def _new_vae(self, X, kind):
+        if kind == "conv":
+            return ConvEncoder(X.shape[1], LATENT_DIM), ConvDecoder(X.shape[1], LATENT_DIM)
+        return MLPEncoder(X[0].numel(), LATENT_DIM), MLPDecoder(tuple(X.shape[1:]), LATENT_DIM)
+
+    def _pretrain_vae(self, X, kind, recon, device):
+        p = self.params
+        encoder, decoder = (m.to(device) for m in self._new_vae(X, kind))
+        losses = train_vae(encoder, decoder, X, epochs=p["pretrain_epochs"], batch_size=p["pretrain_batch_size"],
+                           lr=p["pretrain_lr"], recon=recon)
+        return encoder, losses
+
+    def _kmeans_centres(self, encoder, X, K, seed):
+        centres, _ = kmeans(embed(encoder, X), K, n_init=self.params["kmeans_n_init"], seed=seed)
+        return centres
+
+    def _teacher_assignments(self, X, kind, recon, group_index, pooled, K, seed, device, history):
+        """Train one frozen DEC teacher per group; return Q̂ (n × K) for every sample."""
+        p = self.params
+        q_hat = torch.zeros(X.shape[0], K, device=device)
+        for g, idx in enumerate(group_index):
+            Xg = X[idx]
+            if p["teacher_init"] == "group":
+                encoder, losses = self._pretrain_vae(Xg, kind, recon, device)
+                history += [{"teacher_group": float(g), "vae_epoch": float(e + 1), "vae_loss": v}
+                            for e, v in enumerate(losses.tolist())]
+            else:
+                encoder = copy.deepcopy(pooled)
+            centres = self._kmeans_centres(encoder, Xg, K, seed + 1 + g)  # DEC always starts from k-means
+            cluster = ClusterLayer(K, LATENT_DIM, p["alpha"], centres).to(device)
+            losses = train_dec(encoder, cluster, Xg, epochs=p["teacher_epochs"], batch_size=p["teacher_batch_size"],
+                               lr=p["teacher_lr"])
+            history += [{"teacher_group": float(g), "dec_epoch": float(e + 1), "dec_kl": v}
+                        for e, v in enumerate(losses.tolist())]
+            q_hat[idx] = assign(encoder, cluster, Xg)
+        return q_hat
+
+    def _fit(self, data, seed, device):
+        p = self.params
+        K = int(data.n_clusters)
+        X, kind, recon = self._inputs(data, device)
+        _, groups_np = np.unique(np.asarray(data.group), return_inverse=True)
+        groups = torch.as_tensor(groups_np.reshape(-1), dtype=torch.int64, device=device)
+        G = int(groups_np.max()) + 1
+        group_index = [torch.nonzero(groups == g).reshape(-1) for g in range(G)]
+        history: list[dict] = []
+
+        # 1-2. pooled VAE and k-means centres (reconstructed pretraining, see the docstring).
+        encoder, losses = self._pretrain_vae(X, kind, recon, device)
+        history += [{"vae_epoch": float(e + 1), "vae_loss": v} for e, v in enumerate(losses.tolist())]
+        centres = self._kmeans_centres(encoder, X, K, seed) if p["init_centers"] == "kmeans" else None
+        # 3. frozen per-group DEC teachers.
+        q_hat = self._teacher_assignments(X, kind, recon, group_index, encoder, K, seed, device, history)
+
+        cluster = ClusterLayer(K, LATENT_DIM, p["alpha"], centres).to(device)
+        critic = Critic(K, G).to(device) if G >= 2 else None
+        history.append({"iter": 0.0, **group_dependence(encoder, cluster, X, groups, G)[1]})
+        history += self._train(X, encoder, cluster, critic, q_hat, group_index, device)
+
+        # Transductive evaluation of the final iteration: every sample, eval mode, μ, argmax q.
+        (z, labels), final = group_dependence(encoder, cluster, X, groups, G)
+        history[-1].update(final)
+        return MethodOutput(labels=labels.cpu().numpy().astype(np.int64), embedding=z.cpu().numpy(), history=history)
+
+    def _train(self, X, encoder, cluster, critic, q_hat, group_index, device):
+        """The DFC iterations (dfc.md §2–§3); returns one history row per ``log_every`` steps."""
+        p = self.params
+        T = p["iters"]
+        sizes = [min(p["batch_size"], idx.numel()) for idx in group_index]
+        bounds = np.cumsum([0] + sizes).tolist()
+        batch_groups = torch.cat([torch.full((b,), g, dtype=torch.int64, device=device) for g, b in enumerate(sizes)])
+        samplers = [GroupSampler(idx, b) for idx, b in zip(group_index, sizes)]
+        param_groups = [
+            {"params": list(cluster.parameters()), "lr_mult": 1.0},
+            {"params": list(encoder.parameters()), "lr_mult": 1.0},
+        ]
+        if critic is not None:
+            param_groups.append({"params": list(critic.parameters()), "lr_mult": p["adv_mult"]})
+        opt = torch.optim.Adam(param_groups, lr=p["lr"], weight_decay=p["weight_decay"], fused=device.type == "cuda")
+        encoder.train()
+        cluster.train()
+        if critic is not None:
+            critic.train()
+        n_logs = -(-T // p["log_every"])
+        log_sums = torch.zeros(n_logs, 5, device=device)
+        zero = torch.zeros((), device=device)
+        for step in range(T):
+            lr = inv_lr(p["lr"], step, T)
+            for group in opt.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            idx = torch.cat([s.next() for s in samplers])
+            mu, logvar = encoder(X[idx])
+            log_q = cluster(reparameterise(mu, logvar))
+            l_c, l_s = group_losses(log_q, q_hat[idx], bounds, p["divergence"])
+            lam = grl_coefficient(step + 1, T)
+            l_f = critic.loss(grad_reverse(log_q.exp(), lam), batch_groups) if critic is not None else zero
+            loss = l_c + p["coeff_fair"] * l_f + p["coeff_par"] * l_s
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            mi = soft_mutual_information(log_q.detach().exp(), batch_groups, len(group_index))
+            terms = torch.stack([loss.detach(), l_c.detach(), l_s.detach(), l_f.detach(), mi])
+            log_sums[step // p["log_every"]] += terms
+        rows = []
+        for r, (tot, l_c, l_s, l_f, mi) in enumerate(log_sums.tolist()):
+            last = min(T, (r + 1) * p["log_every"])
+            n = last - r * p["log_every"]
+            rows.append({"iter": float(last), "loss": tot / n, "clustering": l_c / n, "structural": l_s / n,
+                         "fairness": l_f / n, "batch_soft_mi": mi / n, "grl_coeff": grl_coefficient(last, T),
+                         "lr": inv_lr(p["lr"], last - 1, T)})
+        encoder.eval()
+        return rows
+
+
+class GroupSampler:
+    """Shuffled batches of one group's indices, reshuffled at every pass (drop_last), with the
+    permutation drawn on the device: no host synchronisation."""
+
+    def __init__(self, index: torch.Tensor, batch_size: int):
+        self.index, self.b = index, batch_size
+        self.per_pass = index.numel() // batch_size
+        self.pos, self.perm = 0, None
+
+    def next(self) -> torch.Tensor:
+        if self.pos % self.per_pass == 0:
+            self.perm = self.index[torch.randperm(self.index.numel(), device=self.index.device)]
+            self.pos = 0
+        out = self.perm[self.pos * self.b : (self.pos + 1) * self.b]
+        self.pos += 1
+        return out
+
+
+@torch.no_grad()
+def group_dependence(encoder, cluster, X, groups, n_groups):
+    """(μ, argmax q) of every sample in eval mode, and the dependence of the clustering on the
+    groups (no labels involved): I(C;G) of the hard clusters and of the soft table, in nats."""
+    z = embed(encoder, X)
+    q = torch.cat([cluster(c).exp() for c in z.split(8192)])
+    labels = q.argmax(1)
+    hard = soft_mutual_information(F.one_hot(labels, q.shape[1]).to(q.dtype), groups, n_groups)
+    soft = soft_mutual_information(q, groups, n_groups)
+    return (z, labels), {"hard_mi": float(hard), "soft_mi": float(soft)}
+
+
+def unit_range(X: torch.Tensor) -> torch.Tensor:
+    """Images to [0, 1]: unchanged if already there, (x+1)/2 if in [−1, 1], else min–max."""
+    lo, hi = float(X.min()), float(X.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return X
+    if lo >= -1.0 and hi <= 1.0:
+        return (X + 1.0) / 2.0
+    return (X - lo) / max(hi - lo, 1e-12)
+
+
+def to_32(X: torch.Tensor, mode: str) -> torch.Tensor:
+    """Images to 32×32: 2 px of edge padding for 28×28 when ``mode="pad"``, else bilinear."""
+    H, W = X.shape[-2:]
+    if (H, W) == (32, 32):
+        return X
+    if mode == "pad" and (H, W) == (28, 28):
+        return F.pad(X, (2, 2, 2, 2), mode="replicate")
+    return F.interpolate(X, size=(32, 32), mode="bilinear", align_corners=False, antialias=H > 32 or W > 32)
