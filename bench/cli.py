@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def _seed(text: str) -> int:
     return value
 
 
+def _jobs(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid --jobs {text!r}; accepted: a positive integer")
+    return int(text)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="run_benchmark.py",
@@ -66,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "'fairness=...' sweeps each method's own fairness weight (beta, LambdaFair, lmbda, ...)")
     p.add_argument("--test-config", action="store_true", help="use each method's tiny test configuration")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="in-process (default) or Ray")
+    p.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="local executor: N worker processes sharing the CPU cores (default 1; quick suite: 2)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     p.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     p.add_argument("--report-only", action="store_true", help="rebuild the leaderboard from the records, train nothing")
@@ -174,6 +183,7 @@ def _main(argv) -> int:
         args.seeds = QUICK_SEEDS
         args.test_config = True
         args.out = args.out or str(MAIN_OUT / "quick")
+        args.jobs = args.jobs or min(2, os.cpu_count() or 1)
     out = Path(args.out) if args.out else MAIN_OUT
     if args.leaderboard:
         leaderboard = Path(args.leaderboard)
@@ -209,7 +219,7 @@ def _main(argv) -> int:
                           args.test_config)
     dataset_specs = _specs("dataset", dataset_names, _parse_assignments(args.dataset_param, "--dataset-param"))
     cells = build_grid(method_specs, dataset_specs, seeds)
-    options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins)
+    options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1)
     try:
         summary = run_grid(cells, store, options, executor=args.executor, address=args.address, force=args.force,
                            progress=not args.quiet)

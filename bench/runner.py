@@ -62,8 +62,18 @@ class Spec:
 
     @property
     def label(self) -> str:
+        """The name, plus the parameters that differ from the defaults; a method's tiny test
+        configuration reads "[test config]", followed by any further changes."""
         extra = self.non_default()
-        return self.name + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + "]" if extra else "")
+        tags = []
+        if self.kind == "method":
+            cls = registry.methods.get(self.name)
+            test = {k: v for k, v in cls.test_config().params.items() if k in cls.test_parameters}
+            if test and all(extra.get(k, self.param_dict[k]) == v for k, v in test.items()):
+                tags.append("test config")
+                extra = {k: v for k, v in extra.items() if k not in test}
+        tags += [f"{k}={v}" for k, v in sorted(extra.items())]
+        return self.name + (" [" + ", ".join(tags) + "]" if tags else "")
 
     @property
     def key(self) -> str:
@@ -110,6 +120,8 @@ class RunOptions:
     device: str = "auto"
     data_dir: str | None = None
     plugins: tuple = ()
+    #: Worker processes of the local executor (1: run in this process).
+    jobs: int = 1
 
 
 class _DatasetCache:
@@ -246,6 +258,8 @@ def run_grid(cells: list[Cell], store: RecordStore, options: RunOptions, executo
 def _run_local(todo, store, options, summary, progress):
     for plugin in options.plugins:
         registry.load_plugin(plugin)
+    if options.jobs > 1 and len(todo) > 1:
+        return _run_pool(todo, store, options, summary, progress)
     with _progress(len(todo), "cells", not progress) as bar:
         for cell in todo:
             bar.set_postfix_str(f"{cell.method.name}/{cell.dataset.name}/s{cell.seed}", refresh=False)
@@ -253,6 +267,44 @@ def _run_local(todo, store, options, summary, progress):
             save(store, cell, record, arrays)
             summary.add(cell, record)
             bar.update(1)
+
+
+def _pool_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_pool(todo, store, options, summary, progress):
+    """``options.jobs`` worker processes (spawned, so CUDA is safe), each with an equal share of
+    the CPU threads; every record is written by this process as soon as its cell ends. Each
+    worker keeps its own copy of the current dataset."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(options.jobs, mp_context=ctx, initializer=_pool_init, initargs=(threads,)) as pool, \
+            _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
+        pending = {pool.submit(run_cell, cell, options): cell for cell in todo}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell = pending.pop(future)
+                    try:
+                        record, arrays = future.result()
+                    except Exception as exc:  # noqa: BLE001 - a worker process died
+                        record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(),
+                                          "method": cell.method.to_json(), "seed": cell.seed, "status": "failed",
+                                          "error": f"worker failed: {type(exc).__name__}: {exc}"}, {}
+                    save(store, cell, record, arrays)
+                    summary.add(cell, record)
+                    bar.update(1)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 def _ray_remote_run(cell, options):
