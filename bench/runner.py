@@ -269,6 +269,19 @@ def _run_local(todo, store, options, summary, progress):
             bar.update(1)
 
 
+def _finish(store, summary, bar, cell, result, where: str) -> None:
+    """Save the record of a cell that ran elsewhere; if its worker died, record the failure."""
+    try:
+        record, arrays = result()
+    except Exception as exc:  # noqa: BLE001 - run_cell never raises, so the worker itself died
+        record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(), "method": cell.method.to_json(),
+                          "seed": cell.seed, "status": "failed",
+                          "error": f"{where} failed: {type(exc).__name__}: {exc}"}, {}
+    save(store, cell, record, arrays)
+    summary.add(cell, record)
+    bar.update(1)
+
+
 def _pool_init(threads: int) -> None:
     import torch
 
@@ -292,15 +305,7 @@ def _run_pool(todo, store, options, summary, progress):
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     cell = pending.pop(future)
-                    try:
-                        record, arrays = future.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker process died
-                        record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(),
-                                          "method": cell.method.to_json(), "seed": cell.seed, "status": "failed",
-                                          "error": f"worker failed: {type(exc).__name__}: {exc}"}, {}
-                    save(store, cell, record, arrays)
-                    summary.add(cell, record)
-                    bar.update(1)
+                    _finish(store, summary, bar, cell, future.result, "worker process")
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -344,15 +349,7 @@ def _run_ray(todo, store, options, summary, progress, address):
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     cell = pending.pop(ref)
-                    try:
-                        record, arrays = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - worker died
-                        record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(),
-                                          "method": cell.method.to_json(), "seed": cell.seed, "status": "failed",
-                                          "error": f"ray task failed: {type(exc).__name__}: {exc}"}, {}
-                    save(store, cell, record, arrays)
-                    summary.add(cell, record)
-                    bar.update(1)
+                    _finish(store, summary, bar, cell, lambda: ray.get(ref), "ray task")
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

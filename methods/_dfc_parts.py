@@ -128,7 +128,7 @@ class _GradReverse(torch.autograd.Function):
         return -ctx.coeff * grad, None
 
 
-def grad_reverse(x: torch.Tensor, coeff: float) -> torch.Tensor:
+def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     """Identity forward; the gradient is multiplied by −coeff on the way back."""
     return _GradReverse.apply(x, float(coeff))
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._dfc_parts import grad_reverse  # one gradient-reversal layer for DFC and IFC
 from ._fcmi_loop import cluster_group_mi, cluster_group_table
 
 __all__ = [
@@ -44,22 +45,6 @@ __all__ = [
 ]
 
 SAMPLING = ("none", "os", "us", "bm")
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.coeff * grad, None
-
-
-def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
-    """Identity forward, gradient multiplied by −``coeff`` backward."""
-    return _GradReverse.apply(x, coeff)
 
 
 class MultiExpertEncoder(nn.Module):
