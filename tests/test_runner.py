@@ -121,3 +121,19 @@ def test_unknown_record_files_do_not_break_the_report(tmp_path):
     shutil.copy(rec_path, rec_path.with_name("seed0.json.tmp"))  # leftover of a killed writer
     assert len(store.records()) == 1
     assert json.loads(rec_path.read_text())["status"] == "ok"
+
+
+def test_report_sets_paper_numbers_beside_ours_for_default_configurations(tmp_path):
+    store = RecordStore(tmp_path)
+    dataset = Spec.make("dataset", "outside-paper-blobs")
+    cells = build_grid([Spec.make("method", "outside-method"), Spec.make("method", "outside-method", {"offset": 1})],
+                       [dataset], [0, 1])
+    run_grid(cells, store, OPTS, progress=False)
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    table = text[text.index("Compared with the papers"):]
+    acc = np.mean([r["metrics"]["acc"] for r in store.records() if r["method"]["label"] == "outside-method"]) * 100
+    row = next(line for line in table.splitlines() if line.startswith("| outside-method ") and "| ACC " in line)
+    cells_ = [c.strip() for c in row.strip("|").split("|")]
+    assert cells_[3] == "96.7" and cells_[5].startswith("FCMI (Zeng et al., CVPR 2023), Table 1")
+    assert float(cells_[4]) == pytest.approx(acc - 96.7, abs=0.051)
+    assert "outside-method [offset=1]" not in table  # only default configurations are compared
