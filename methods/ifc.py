@@ -7,7 +7,12 @@ from bench import Method, MethodOutput, ParameterError, register_method
 
 from ._ifc_parts import SAMPLING, IFCFairness, add_experts, resample_indices
 from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
+from .fcmi import FCMI
 from .infomin import build_backbone, validate_backbone
+
+#: FCMI's network and k-means settings, which IFC reuses unchanged.
+_SHARED_WITH_FCMI = ("embed_dim", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid",
+                     "kmeans_backend", "final_centroids", "arch", "width", "amp")
 
 
 @register_method
@@ -53,10 +58,7 @@ class IFC(Method):
     paper_name = ""
     fairness_weight = "LambdaFair"
     parameters = {
-        "epochs": 300,
-        "batch_size": 512,
-        "lr": 1e-3,
-        "warmup_epochs": 20,
+        **{k: FCMI.parameters[k] for k in ("epochs", "batch_size", "lr", "warmup_epochs")},
         "LambdaClu": 0.04,
         "LambdaFair": 0.2,
         "LambdaIntersectionalBalance": 0.0,
@@ -70,20 +72,9 @@ class IFC(Method):
         "expert_hidden": 256,
         "key_dim": 32,
         "sampling": "os",
-        "embed_dim": "n_clusters",
-        "kmeans_iter": 300,
-        "kmeans_restarts": 10,
-        "kmeans_max_points_per_centroid": 1000,
-        "kmeans_backend": "auto",
-        "final_centroids": "refit",
-        "arch": "auto",
-        "width": 1.0,
-        "amp": False,
+        **{k: FCMI.parameters[k] for k in _SHARED_WITH_FCMI},
     }
-    test_parameters = {
-        "epochs": 3, "warmup_epochs": 1, "batch_size": 128, "kmeans_iter": 20, "kmeans_restarts": 2, "width": 0.125,
-        "expert_hidden": 16, "key_dim": 8,
-    }
+    test_parameters = {**FCMI.test_parameters, "expert_hidden": 16, "key_dim": 8}
     uses_gpu = True
     many_groups = True
     multi_attribute = True
