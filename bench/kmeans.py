@@ -75,33 +75,66 @@ def _assign(X, C, chunk: int = 65536):
     return torch.cat(labels), torch.cat(dists)
 
 
+#: Largest restarts × sample × k distance tensor computed at once (floats); more restarts
+#: than fit run in consecutive chunks.
+_BATCH_BUDGET = 2**26
+
+
 def _torch_kmeans(X, k, n_iter, n_init, seed, max_ppc, spherical):
+    """Lloyd's algorithm for all restarts at once (a batch of independent problems), so that
+    an iteration is a handful of kernels whatever ``n_init``: no per-restart Python loop and
+    one host synchronisation per 10 iterations (the convergence check). Each restart draws
+    its own sample of at most ``max_ppc``·k points and its own initial centroids from a CPU
+    generator seeded with ``seed`` (the same labels on every run)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    n = X.shape[0]
-    best, best_inertia = None, float("inf")
-    for _ in range(max(1, n_init)):
-        if n > k * max_ppc:
-            sample = X[torch.randperm(n, generator=gen)[: k * max_ppc].to(X.device)]
+    n, device = X.shape[0], X.device
+    R = max(1, n_init)
+    m = min(n, k * max_ppc)
+    per_chunk = max(1, _BATCH_BUDGET // max(1, m * k))
+    best_C, best_inertia = [], []
+    for first in range(0, R, per_chunk):
+        r = min(per_chunk, R - first)
+        if m < n:
+            rows = torch.stack([torch.randperm(n, generator=gen)[:m] for _ in range(r)])
         else:
-            sample = X
-        C = sample[torch.randperm(sample.shape[0], generator=gen)[:k].to(X.device)].clone()
-        for it in range(n_iter):
-            labels, _ = _assign(sample, C)
-            sums = torch.zeros_like(C).index_add_(0, labels, sample)
-            counts = torch.bincount(labels, minlength=k).to(C.dtype)
-            new_C = sums / counts.clamp_min(1)[:, None]
-            # re-seed empty clusters on random points, without a host sync (faiss splits big ones)
-            pick = torch.randint(0, sample.shape[0], (k,), generator=gen).to(X.device)
-            new_C = torch.where((counts == 0)[:, None], sample[pick], new_C)
-            if spherical:
-                new_C = torch.nn.functional.normalize(new_C, dim=1)
-            converged = it % 10 == 9 and bool((new_C == C).all())  # one host sync per 10 iterations
-            C = new_C
-            if converged:
-                break
-        _, d = _assign(sample, C)
-        inertia = float(d.sum())
-        if inertia < best_inertia:
-            best, best_inertia = C, inertia
+            rows = torch.arange(n).expand(r, n)
+        init = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(r)])
+        S = X[rows.to(device)]                                        # (r, m, d)
+        C = torch.gather(S, 1, init.to(device)[:, :, None].expand(r, k, S.shape[2])).clone()
+        C, inertia = _lloyd_batched(S, C, n_iter, spherical, gen)
+        best_C.append(C)
+        best_inertia.append(inertia)
+    C, inertia = torch.cat(best_C), torch.cat(best_inertia)
+    best = C[inertia.argmin()]                                        # no host sync
     labels, _ = _assign(X, best)
     return best, labels
+
+
+def _sq_dist(S, C):
+    """(r, m, k) squared distances between each restart's sample and its centroids."""
+    return torch.baddbmm((C * C).sum(2)[:, None, :], S, C.transpose(1, 2), alpha=-2.0) + (S * S).sum(2, keepdim=True)
+
+
+def _lloyd_batched(S, C, n_iter, spherical, gen):
+    r, m, d = S.shape
+    k = C.shape[1]
+    offset = (torch.arange(r, device=S.device) * k)[:, None]
+    flat_S = S.reshape(r * m, d)
+    for it in range(n_iter):
+        labels = _sq_dist(S, C).argmin(2)                             # (r, m)
+        flat = (labels + offset).reshape(-1)
+        sums = torch.zeros(r * k, d, device=S.device, dtype=S.dtype).index_add_(0, flat, flat_S)
+        counts = torch.bincount(flat, minlength=r * k).to(S.dtype)
+        new_C = (sums / counts.clamp_min(1)[:, None]).reshape(r, k, d)
+        # re-seed empty clusters on random sample points, without a host sync
+        pick = torch.randint(0, m, (r, k), generator=gen).to(S.device)
+        spare = torch.gather(S, 1, pick[:, :, None].expand(r, k, d))
+        new_C = torch.where((counts == 0).reshape(r, k, 1), spare, new_C)
+        if spherical:
+            new_C = torch.nn.functional.normalize(new_C, dim=2)
+        converged = it % 10 == 9 and bool((new_C == C).all())        # one host sync per 10 iterations
+        C = new_C
+        if converged:
+            break
+    inertia = _sq_dist(S, C).min(2).values.clamp_min(0).sum(1)
+    return C, inertia

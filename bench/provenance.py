@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -26,7 +27,10 @@ def library_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """HEAD's commit, with "+dirty" when tracked files differ from it; "unknown" outside git."""
+    """HEAD's commit, with "+dirty" when tracked files differ from it. Outside a git checkout
+    (a copy of the tree shipped to a GPU or Ray machine) ``$FAIRCLUSTERBENCH_GIT_COMMIT``, set
+    by whoever shipped it, else "unknown"."""
+    shipped = os.environ.get("FAIRCLUSTERBENCH_GIT_COMMIT", "").strip()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
@@ -37,7 +41,7 @@ def git_commit() -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return shipped or "unknown"
 
 
 def device_name(device) -> str:

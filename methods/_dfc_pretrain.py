@@ -52,7 +52,7 @@ def train_vae(encoder, decoder, X: torch.Tensor, *, epochs: int, batch_size: int
     encoder.train()
     decoder.train()
     params = list(encoder.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=X.device.type == "cuda")
     losses = []
     for _ in range(epochs):
         total, count = torch.zeros((), device=X.device), 0
@@ -88,7 +88,8 @@ def assign(encoder, cluster: ClusterLayer, X: torch.Tensor, chunk: int = 8192) -
 def train_dec(encoder, cluster: ClusterLayer, X: torch.Tensor, *, epochs: int, batch_size: int,
               lr: float) -> torch.Tensor:
     """DEC fine-tuning of encoder (μ head) and centres on X; returns the mean KL per epoch."""
-    opt = torch.optim.Adam(list(encoder.parameters()) + list(cluster.parameters()), lr=lr)
+    opt = torch.optim.Adam(list(encoder.parameters()) + list(cluster.parameters()), lr=lr,
+                           fused=X.device.type == "cuda")
     losses = []
     for _ in range(epochs):
         target = target_distribution(assign(encoder, cluster, X))
