@@ -27,10 +27,12 @@ def library_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """HEAD's commit, with "+dirty" when tracked files differ from it. Outside a git checkout
-    (a copy of the tree shipped to a GPU or Ray machine) ``$FAIRCLUSTERBENCH_GIT_COMMIT``, set
-    by whoever shipped it, else "unknown"."""
+    """HEAD's commit, with "+dirty" when tracked files differ from it; "unknown" outside git.
+    A copy of the tree shipped to another machine (a GPU or Ray node, whose ``.git`` may be
+    missing or stale) sets ``$FAIRCLUSTERBENCH_GIT_COMMIT``, which then takes precedence."""
     shipped = os.environ.get("FAIRCLUSTERBENCH_GIT_COMMIT", "").strip()
+    if shipped:
+        return shipped
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
@@ -41,7 +43,7 @@ def git_commit() -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return shipped or "unknown"
+        return "unknown"
 
 
 def device_name(device) -> str:

@@ -24,7 +24,7 @@ from .api import NotApplicable
 from .metrics import evaluate
 from .paths import PROJECT_ROOT, default_data_dir
 from .provenance import device_name, git_commit, library_versions
-from .seeding import configure_device, resolve_device, seed_everything
+from .seeding import resolve_device, seed_everything
 from .store import RecordStore
 
 
@@ -156,7 +156,6 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
     start = time.perf_counter()
     try:
         device = resolve_device(options.device)
-        configure_device(device)
         record["device"] = device_name(device)
         data = cache.load(cell.dataset, options.data_dir or default_data_dir())
         arrays["truth"] = (data.y, data.groups)

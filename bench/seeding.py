@@ -37,10 +37,3 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device(spec)
     raise DeviceError(f"unknown device {spec!r}; accepted: {accepted}")
 
-
-def configure_device(device: torch.device) -> None:
-    """Per-process settings for the device a cell runs on: on CUDA, cuDNN picks its fastest
-    convolution algorithms for the fixed batch shapes of a run (``cudnn.benchmark``). GPU runs
-    are not bit-reproducible anyway; CPU runs are unaffected."""
-    if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True

@@ -39,7 +39,7 @@ from tabulate import tabulate  # noqa: E402
 
 from bench import NotApplicable, registry  # noqa: E402
 from bench.paths import default_data_dir  # noqa: E402
-from bench.seeding import configure_device, resolve_device, seed_everything  # noqa: E402
+from bench.seeding import resolve_device, seed_everything  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -125,7 +125,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    configure_device(device)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     known_methods, known_datasets = set(registry.methods.names()), set(registry.datasets.names())
     rows, notes = [], []
