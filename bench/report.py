@@ -31,11 +31,23 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                "dataset_name": r["dataset"]["name"], "method_key": r["method"]["key"],
                "method": r["method"]["label"], "method_name": r["method"]["name"],
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
-               "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan)}
+               "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
+               "device": short_device(r.get("device", ""))}
         for k, v in (r.get("metrics") or {}).items():
             row["m:" + k] = v
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def short_device(name: str) -> str:
+    """"CPU" for CPU records, else the GPU model without the vendor ("H100" for "NVIDIA H100
+    80GB HBM3"): train times are only comparable within one device."""
+    if not name:
+        return "?"
+    if name.lower().startswith("cpu"):
+        return "CPU"
+    words = [w for w in name.split() if w.upper() not in ("NVIDIA", "GEFORCE", "TESLA", "AMD", "RADEON")]
+    return words[0] if words else name
 
 
 def _fmt(mean, std, n, digits=1):
@@ -60,6 +72,7 @@ def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             row[k] = (vals.mean() if len(vals) else np.nan, vals.std(ddof=1) if len(vals) > 1 else 0.0, len(vals))
         t = gok["train_seconds"].to_numpy(float)
         row["time"] = (t.mean() if len(t) else np.nan, t.std(ddof=1) if len(t) > 1 else 0.0, len(t))
+        row["device"] = "/".join(sorted(set(gok["device"]))) if "device" in gok else ""
         out.append(row)
     return pd.DataFrame(out)
 
@@ -81,20 +94,20 @@ def dataset_table(df: pd.DataFrame, bound: float | None) -> str:
     n_seeds = df.seed.nunique()
     headers = ["method", "seeds"] + [
         f"Bal (≤{100 * bound:.1f})" if k == "balance" and bound is not None else label for k, label, _ in HEADLINE
-    ] + ["train s"]
+    ] + ["train s", "device"]
     rows = []
     for _, r in summary.iterrows():
         if r.n_ok == 0:
             status = "n/a" if r.n_na and not r.n_failed else "**failed**"
             note = "; ".join(r.errors)[:120]
-            rows.append([r.method, f"0/{n_seeds}", f"{status}: {note}"] + [""] * (len(HEADLINE) - 1) + [""])
+            rows.append([r.method, f"0/{n_seeds}", f"{status}: {note}"] + [""] * (len(HEADLINE) - 1) + ["", ""])
             continue
         seeds = f"{r.n_ok}/{n_seeds}" + (f" ({r.n_failed} failed)" if r.n_failed else "")
         cells = []
         for k in keys:
             text = _fmt(*r[k], digits=2 if k == "entropy" else 1)
             cells.append(f"**{text}**" if r.method_key in best.get(k, ()) else text)
-        rows.append([r.method, seeds] + cells + [_fmt(*r["time"], digits=1)])
+        rows.append([r.method, seeds] + cells + [_fmt(*r["time"], digits=1), r["device"]])
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -172,9 +185,9 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
             attrs = next((r["attributes"] for r in records if r["dataset"]["key"] == dkey and "attributes" in r), [])
             bound = d["m:balance_bound"].dropna().iloc[0] if "m:balance_bound" in d and d[
                 "m:balance_bound"].notna().any() else None
-            n = next((r.get("n_samples") for r in records if r["dataset"]["key"] == dkey and r.get("n_samples")), "?")
+            n = next((r.get("n_samples") for r in records if r["dataset"]["key"] == dkey and r.get("n_samples")), None)
             lines += [f"## {first['dataset']['label']}", "",
-                      f"{n:,} samples; attributes: {', '.join(attrs) or '?'} (fairness columns use `{attrs[0] if attrs else '?'}`)", "",
+                      f"{'?' if n is None else f'{n:,}'} samples; attributes: {', '.join(attrs) or '?'} (fairness columns use `{attrs[0] if attrs else '?'}`)", "",
                       dataset_table(d, bound), ""]
             inter = intersectional_table(d, attrs)
             if inter:

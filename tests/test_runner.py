@@ -87,6 +87,30 @@ def test_failed_cell_is_recorded_reported_and_retried(tmp_path, monkeypatch):
     assert store.get(cells[1])["status"] == "ok"
 
 
+def test_dataset_that_cannot_load_is_reported_not_crashing(tmp_path, monkeypatch):
+    """Every cell of a dataset whose files are missing fails; the leaderboard still builds and
+    says why (the report once crashed formatting the unknown sample count)."""
+    monkeypatch.setenv("FAIRCLUSTERBENCH_OFFLINE", "1")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    store = RecordStore(tmp_path / "out")
+    cells = build_grid([Spec.make("method", "kmeans", {"n_init": 1})], [Spec.make("dataset", "mtfl-pixels", {})], [0])
+    summary = run_grid(cells, store, RunOptions(device="cpu", data_dir=str(empty)), progress=False)
+    assert len(summary.failed) == 1
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "? samples" in text and "**failed**: DatasetNotFound" in text
+
+
+def test_leaderboard_names_the_device_of_each_row(tmp_path):
+    store = RecordStore(tmp_path)
+    run_grid(_grid(), store, OPTS, progress=False)
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header.rstrip(" |").endswith("device")
+    row = next(line for line in text.splitlines() if line.startswith("| kmeans"))
+    assert row.rstrip(" |").endswith("CPU")
+
+
 def test_nan_loss_fails_the_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("FCB_TEST_NAN_SEED", "0")
     store = RecordStore(tmp_path)
