@@ -120,6 +120,8 @@ def _lloyd_batched(S, C, n_iter, spherical, gen):
     k = C.shape[1]
     offset = (torch.arange(r, device=S.device) * k)[:, None]
     flat_S = S.reshape(r * m, d)
+    # replacement points for empty clusters, drawn once (no host-to-device copy per iteration)
+    picks = torch.randint(0, m, (max(n_iter, 1), r, k), generator=gen).to(S.device)
     for it in range(n_iter):
         labels = _sq_dist(S, C).argmin(2)                             # (r, m)
         flat = (labels + offset).reshape(-1)
@@ -127,8 +129,7 @@ def _lloyd_batched(S, C, n_iter, spherical, gen):
         counts = torch.bincount(flat, minlength=r * k).to(S.dtype)
         new_C = (sums / counts.clamp_min(1)[:, None]).reshape(r, k, d)
         # re-seed empty clusters on random sample points, without a host sync
-        pick = torch.randint(0, m, (r, k), generator=gen).to(S.device)
-        spare = torch.gather(S, 1, pick[:, :, None].expand(r, k, d))
+        spare = torch.gather(S, 1, picks[it][:, :, None].expand(r, k, d))
         new_C = torch.where((counts == 0).reshape(r, k, 1), spare, new_C)
         if spherical:
             new_C = torch.nn.functional.normalize(new_C, dim=2)
