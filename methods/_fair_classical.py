@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -33,12 +35,31 @@ def _torch_knn(X: torch.Tensor, n_neighbors: int, chunk: int = 4096) -> np.ndarr
     return torch.cat(out).cpu().numpy()
 
 
+#: The last graph built in this process: the graph depends on the data only, not on the seed,
+#: so the seeds of a grid (run one after another in a worker) share it.
+_LAST_GRAPH: dict = {}
+
+
 def knn_graph(X: np.ndarray, n_neighbors: int, device=None) -> sp.csr_matrix:
     """Symmetric 0/1 k-nearest-neighbour graph W = max(A, A^T) of the rows of ``X``.
 
     On the CPU: ``sklearn.neighbors.kneighbors_graph`` (exact, the point itself excluded).
     On a CUDA device: the same exact graph from chunked distances and ``torch.topk``
-    (tensor work; ties may be broken differently from scikit-learn)."""
+    (tensor work; ties may be broken differently from scikit-learn). The last graph is kept
+    (keyed by a hash of X's bytes, ``n_neighbors`` and the device type) and a copy is returned
+    when the same data come again."""
+    X = np.ascontiguousarray(X)
+    key = (hashlib.blake2b(X.view(np.uint8).reshape(-1), digest_size=16).hexdigest(), X.shape, str(X.dtype),
+           int(n_neighbors), torch.device(device).type if device is not None else "cpu")
+    if _LAST_GRAPH.get("key") == key:
+        return _LAST_GRAPH["W"].copy()
+    W = _build_knn_graph(X, n_neighbors, device)
+    _LAST_GRAPH.clear()
+    _LAST_GRAPH.update(key=key, W=W)
+    return W.copy()
+
+
+def _build_knn_graph(X: np.ndarray, n_neighbors: int, device=None) -> sp.csr_matrix:
     n = X.shape[0]
     if device is not None and torch.device(device).type == "cuda":
         idx = _torch_knn(torch.as_tensor(X, dtype=torch.float32, device=device), n_neighbors)

@@ -228,3 +228,21 @@ def test_gpu_knn_path_matches_scikit_learn():
     ours = np.sort(_torch_knn(torch.as_tensor(X), 6, chunk=128), axis=1)
     ref = np.sort(NearestNeighbors(n_neighbors=6).fit(X).kneighbors(return_distance=False), axis=1)
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_knn_graph_is_reused_across_seeds_without_sharing_the_matrix():
+    """The graph depends only on the data: a second call with the same X is served from the
+    per-process cache (equal graph), mutating a returned graph does not touch the cache, and
+    other data get their own graph."""
+    from methods import _fair_classical as fc
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 6)).astype(np.float32)
+    first = fc.knn_graph(X, 7)
+    cached = fc._LAST_GRAPH["W"]
+    first.data[:] = 5.0
+    second = fc.knn_graph(X.copy(), 7)
+    assert fc._LAST_GRAPH["W"] is cached
+    assert (second != fc._build_knn_graph(X, 7)).nnz == 0 and second.data.max() == 1.0
+    other = fc.knn_graph(X + 1e-3 * rng.normal(size=X.shape).astype(np.float32), 7)
+    assert fc._LAST_GRAPH["W"] is not cached and other.shape == (300, 300)
