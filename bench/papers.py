@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 PAPER_RESULTS = Path(__file__).parent / "data" / "paper_results.csv"
+#: What we found where our numbers differ from a paper's: (dataset, method, note), written by
+#: whoever investigated; the leaderboard prints them under the comparison table.
+PAPER_NOTES = Path(__file__).parent / "data" / "paper_notes.csv"
 #: paper metric name -> our metric key
 METRIC_KEYS = {"acc": "acc", "nmi": "nmi", "balance": "balance", "mnce": "mnce", "f": "f1"}
 
@@ -30,3 +33,16 @@ def reported(dataset_paper_name: str, method_paper_name: str) -> pd.DataFrame:
         return paper_results().iloc[0:0]
     df = paper_results()
     return df[(df["dataset"] == dataset_paper_name) & (df["method"] == method_paper_name)]
+
+
+@functools.lru_cache(maxsize=1)
+def _notes() -> pd.DataFrame:
+    if not PAPER_NOTES.is_file():
+        return pd.DataFrame(columns=["dataset", "method", "note"])
+    return pd.read_csv(PAPER_NOTES, dtype=str)
+
+
+def notes(dataset_paper_name: str, method_paper_name: str) -> list[str]:
+    """Our explanations of the differences for one (dataset, method), in file order."""
+    df = _notes()
+    return df[(df["dataset"] == dataset_paper_name) & (df["method"] == method_paper_name)]["note"].tolist()

@@ -116,7 +116,7 @@ def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:
     ds_cls = registry.datasets.get(dataset_name)
     if not ds_cls.paper_name:
         return None
-    rows = []
+    rows, explained = [], []
     keys = list(papers.METRIC_KEYS.values())
     summary = _summary(df, keys)
     for _, r in summary.iterrows():
@@ -127,14 +127,19 @@ def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:
         if not cls.paper_name or r.n_ok == 0 or "[" in r.method:
             continue
         rep = papers.reported(ds_cls.paper_name, cls.paper_name)
+        if len(rep):
+            explained += [f"- **{r.method}**: {note}" for note in papers.notes(ds_cls.paper_name, cls.paper_name)]
         for _, p in rep.sort_values(["reported_in", "metric"]).iterrows():
             mean, std, n = r[p.metric_key]
             rows.append([r.method, p.metric_key.upper() if p.metric_key != "f1" else "F", _fmt(mean, std, n),
                          f"{p.value:.1f}", f"{mean - p.value:+.1f}", p.source])
     if not rows:
         return None
-    return tabulate(rows, headers=["method", "metric", "ours", "paper", "Δ", "source"], tablefmt="github",
-                    disable_numparse=True)
+    table = tabulate(rows, headers=["method", "metric", "ours", "paper", "Δ", "source"], tablefmt="github",
+                     disable_numparse=True)
+    if explained:
+        table += "\n\nWhere ours differ (from `bench/data/paper_notes.csv`):\n\n" + "\n".join(explained)
+    return table
 
 
 def intersectional_table(df: pd.DataFrame, attributes: list[str]) -> str | None:

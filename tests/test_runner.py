@@ -161,3 +161,31 @@ def test_report_sets_paper_numbers_beside_ours_for_default_configurations(tmp_pa
     assert cells_[3] == "96.7" and cells_[5].startswith("FCMI (Zeng et al., CVPR 2023), Table 1")
     assert float(cells_[4]) == pytest.approx(acc - 96.7, abs=0.051)
     assert "outside-method [offset=1]" not in table  # only default configurations are compared
+
+
+def test_report_prints_our_notes_on_differences_under_the_comparison(tmp_path, monkeypatch):
+    from bench import papers
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text('dataset,method,note\nmnist-usps,FCMI,"centroids differ, see X"\nmnist-usps,DFC,not shown\n')
+    monkeypatch.setattr(papers, "PAPER_NOTES", notes)
+    papers._notes.cache_clear()
+    try:
+        store = RecordStore(tmp_path / "out")
+        run_grid(build_grid([Spec.make("method", "outside-method")], [Spec.make("dataset", "outside-paper-blobs")], [0]),
+                 store, OPTS, progress=False)
+        text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    finally:
+        papers._notes.cache_clear()
+    assert "- **outside-method**: centroids differ, see X" in text
+    assert "not shown" not in text  # only notes of methods in the table
+
+
+def test_every_note_on_differences_refers_to_reported_numbers():
+    from bench import papers
+
+    papers._notes.cache_clear()
+    notes = papers._notes()
+    assert len(notes) > 0 and notes.note.str.len().min() > 20
+    for _, row in notes.iterrows():
+        assert len(papers.reported(row.dataset, row.method)), (row.dataset, row.method)
