@@ -18,3 +18,23 @@ def shared_data():
     if not os.path.isdir(path):
         pytest.skip(f"offline data folder {path} not found")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for torch and faiss over a module of small, sequential work (tiny networks,
+    estimators, solvers): faster than two on CI's shared cores and immune to a busy machine.
+    Restored afterwards. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    before = torch.get_num_threads()
+    faiss_before = faiss.omp_get_max_threads() if faiss else None
+    torch.set_num_threads(1)
+    if faiss:
+        faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    if faiss:
+        faiss.omp_set_num_threads(faiss_before)

@@ -17,22 +17,7 @@ CPU = torch.device("cpu")
 TINY = {"batch_size": 64, "width": 0.25, "kmeans_iter": 50, "kmeans_restarts": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks: one thread (torch and faiss) avoids oversubscription on shared CI
-    cores. Restored afterwards."""
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    before, faiss_before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
-    torch.set_num_threads(1)
-    if faiss:
-        faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    if faiss:
-        faiss.omp_set_num_threads(faiss_before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- DEC's parts by hand ---------------------------------------------------------------------

@@ -19,13 +19,7 @@ from methods._fcmi_loop import cluster_group_mi, cluster_group_table
 NAMES = sorted(ESTIMATORS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 K = 3
 N = 512

@@ -10,13 +10,7 @@ CPU = torch.device("cpu")
 TINY = dict(epochs=3, warmup_epochs=1, batch_size=128, kmeans_iter=20, kmeans_restarts=2, width=0.125)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

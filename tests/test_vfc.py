@@ -16,28 +16,7 @@ from methods.vfc import VFC, fairness_error, fairness_gradient, soft_fairness, v
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The solver is sequential; one thread (torch and faiss) avoids oversubscription on
-    shared CI cores. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss = _faiss()
-    faiss_before = faiss.omp_get_max_threads() if faiss else None
-    if faiss:
-        faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    if faiss:
-        faiss.omp_set_num_threads(faiss_before)
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def fair_structure(n_per_cell=100, n_groups=2, seed=0):
