@@ -72,7 +72,7 @@ def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             row[k] = (vals.mean() if len(vals) else np.nan, vals.std(ddof=1) if len(vals) > 1 else 0.0, len(vals))
         t = gok["train_seconds"].to_numpy(float)
         row["time"] = (t.mean() if len(t) else np.nan, t.std(ddof=1) if len(t) > 1 else 0.0, len(t))
-        row["device"] = "/".join(sorted(set(gok["device"]))) if "device" in gok else ""
+        row["device"] = "/".join(sorted(set(gok["device"])))
         out.append(row)
     return pd.DataFrame(out)
 

@@ -36,4 +36,3 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise DeviceError(f"device {spec!r} is not available; accepted: {accepted}")
         return torch.device(spec)
     raise DeviceError(f"unknown device {spec!r}; accepted: {accepted}")
-
