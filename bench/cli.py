@@ -78,6 +78,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     p.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     p.add_argument("--report-only", action="store_true", help="rebuild the leaderboard from the records, train nothing")
+    p.add_argument("--save-embeddings", action="store_true",
+                   help="also store each run's embedding beside its labels (megabytes a run on the image sets)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a file or module that registers methods/datasets (repeatable)")
@@ -219,7 +221,8 @@ def _main(argv) -> int:
                           args.test_config)
     dataset_specs = _specs("dataset", dataset_names, _parse_assignments(args.dataset_param, "--dataset-param"))
     cells = build_grid(method_specs, dataset_specs, seeds)
-    options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1)
+    options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
+                         save_embeddings=args.save_embeddings)
     try:
         summary = run_grid(cells, store, options, executor=args.executor, address=args.address, force=args.force,
                            progress=not args.quiet)

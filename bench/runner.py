@@ -122,6 +122,9 @@ class RunOptions:
     plugins: tuple = ()
     #: Worker processes of the local executor (1: run in this process).
     jobs: int = 1
+    #: Also store each run's embedding (float32, n x d) beside its labels. Off by default:
+    #: the metrics need the labels only, and embeddings of the image sets are megabytes a run.
+    save_embeddings: bool = False
 
 
 class _DatasetCache:
@@ -144,7 +147,7 @@ _CACHE = _DatasetCache()
 def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> tuple[dict, dict]:
     """Train and evaluate one cell. Never raises (except KeyboardInterrupt): a failure is a
     record with status "failed". Returns (record, arrays) where arrays holds labels,
-    embedding and the dataset truth for the store."""
+    the embedding (only with ``options.save_embeddings``) and the dataset truth for the store."""
     for plugin in options.plugins:
         registry.load_plugin(plugin)
     record = {
@@ -182,7 +185,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
                                      attribute_names=record["attributes"], n_values=record["attribute_values"])
         record["status"] = "ok"
         arrays["labels"] = labels
-        if out.embedding is not None:
+        if out.embedding is not None and options.save_embeddings:
             arrays["embedding"] = np.asarray(out.embedding, dtype=np.float32)
     except NotApplicable as exc:
         record.update(status="not_applicable", error=str(exc))

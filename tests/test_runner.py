@@ -189,3 +189,18 @@ def test_every_note_on_differences_refers_to_reported_numbers():
     assert len(notes) > 0 and notes.note.str.len().min() > 20
     for _, row in notes.iterrows():
         assert len(papers.reported(row.dataset, row.method)), (row.dataset, row.method)
+
+
+def test_embeddings_are_stored_only_on_request(tmp_path):
+    """Labels are all the metrics need; embeddings (megabytes a run) are opt-in."""
+    fcmi = (("fcmi", {"epochs": 2, "warmup_epochs": 1, "batch_size": 64, "kmeans_iter": 5, "kmeans_restarts": 1,
+                      "width": 0.125}),)
+    for save, folder in ((False, "plain"), (True, "with")):
+        store = RecordStore(tmp_path / folder)
+        opts = RunOptions(device="cpu", plugins=OPTS.plugins, save_embeddings=save)
+        summary = run_grid(_grid(seeds=(0,), methods=fcmi), store, opts, progress=False)
+        assert len(summary.ran) == 1, summary.failed
+        (record,) = store.records()
+        with np.load(store.runs / record["dataset"]["key"] / record["method"]["key"] / record["labels_file"]) as f:
+            assert ("embedding" in f.files) is save
+            assert f["labels"].shape == (200,)
