@@ -42,6 +42,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid --checkpoint-every {text!r}; accepted: seconds >= 0 (0: no checkpoints)")
+    return value
+
+
 def _jobs(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid --jobs {text!r}; accepted: a positive integer")
@@ -78,6 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     p.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     p.add_argument("--report-only", action="store_true", help="rebuild the leaderboard from the records, train nothing")
+    p.add_argument("--checkpoint-every", type=_seconds, default=300.0, metavar="SECONDS",
+                   help="long trainings save their state at most this often under OUT/checkpoints, and a cell "
+                   "killed part-way resumes from it on the next run (default 300; 0: no checkpoints)")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also store each run's embedding beside its labels (megabytes a run on the image sets)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -222,7 +235,9 @@ def _main(argv) -> int:
     dataset_specs = _specs("dataset", dataset_names, _parse_assignments(args.dataset_param, "--dataset-param"))
     cells = build_grid(method_specs, dataset_specs, seeds)
     options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
-                         save_embeddings=args.save_embeddings)
+                         save_embeddings=args.save_embeddings,
+                         checkpoint_dir=str(out / "checkpoints") if args.checkpoint_every > 0 else None,
+                         checkpoint_every_s=args.checkpoint_every)
     try:
         summary = run_grid(cells, store, options, executor=args.executor, address=args.address, force=args.force,
                            progress=not args.quiet)

@@ -3,7 +3,9 @@
 A cell is (dataset spec, method spec with all hyperparameters, seed). Its key is a hash of
 those three (order independent: parameters are sorted) plus the method's and dataset's
 declared ``version``. A finished cell is skipped on a rerun; a failed cell is recorded with
-its error and retried; ``force`` reruns everything. Two executors write into the same store:
+its error and retried; ``force`` reruns everything. Within a cell, methods that train for long
+save their state now and then (:mod:`bench.checkpoint`, under ``checkpoint_dir``), so a cell
+whose process was killed continues from its last save on the next run. Two executors write into the same store:
 in-process (default) and Ray (each cell a Ray task, asking for a GPU when its method uses
 one and the cluster has one).
 """
@@ -16,10 +18,11 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from . import registry
+from . import checkpoint, registry
 from .api import NotApplicable
 from .metrics import evaluate
 from .paths import PROJECT_ROOT, default_data_dir
@@ -125,6 +128,17 @@ class RunOptions:
     #: Also store each run's embedding (float32, n x d) beside its labels. Off by default:
     #: the metrics need the labels only, and embeddings of the image sets are megabytes a run.
     save_embeddings: bool = False
+    #: Folder of the cells' training checkpoints (None: no checkpoints), and the least
+    #: seconds between two saves of one cell.
+    checkpoint_dir: str | None = None
+    checkpoint_every_s: float = 300.0
+
+
+def checkpoint_path(options: RunOptions, cell: "Cell"):
+    """Where ``cell`` keeps its training checkpoint (None when checkpoints are off)."""
+    if not options.checkpoint_dir:
+        return None
+    return Path(options.checkpoint_dir) / cell.dataset.key / cell.method.key / f"seed{cell.seed}.pt"
 
 
 class _DatasetCache:
@@ -157,6 +171,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
     }
     arrays: dict = {}
     start = time.perf_counter()
+    ckpt = checkpoint.Checkpoint(checkpoint_path(options, cell), cell.cell_id, options.checkpoint_every_s)
     try:
         device = resolve_device(options.device)
         record["device"] = device_name(device)
@@ -171,8 +186,11 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
         record["attributes_used"] = [a.name for a in inp.attributes]
         seed_everything(cell.seed)
         t0 = time.perf_counter()
-        out = method.fit(inp, cell.seed, device)
-        record["train_seconds"] = time.perf_counter() - t0
+        with checkpoint.active(ckpt):
+            out = method.fit(inp, cell.seed, device)
+        record["train_seconds"] = time.perf_counter() - t0 + ckpt.prior_seconds
+        if ckpt.prior_seconds:  # continued from a checkpoint: earlier attempts' seconds included
+            record["resumed_after_seconds"] = ckpt.prior_seconds
         labels = _check_labels(out.labels, data.n_samples, data.n_clusters)
         history = [{k: _to_float(v) for k, v in row.items()} for row in (out.history or [])]
         bad = [(i, k) for i, row in enumerate(history) for k, v in row.items()
@@ -192,6 +210,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
     except Exception as exc:  # noqa: BLE001 - a failed cell is data, not a crash
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=20))
+        ckpt.clear()  # the method itself failed: its retry starts afresh
     record["wall_seconds"] = time.perf_counter() - start
     return record, arrays
 
@@ -214,10 +233,15 @@ def _check_labels(labels, n, k) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def save(store: RecordStore, cell: Cell, record: dict, arrays: dict) -> None:
+def save(store: RecordStore, cell: Cell, record: dict, arrays: dict, options: RunOptions) -> None:
+    """Write the cell's record; then a finished cell's checkpoint is no longer needed (a cell
+    whose worker died keeps it, so the next run resumes it)."""
     if "truth" in arrays:
         store.put_truth(cell.dataset.key, *arrays["truth"])
     store.put(cell, record, labels=arrays.get("labels"), embedding=arrays.get("embedding"))
+    path = checkpoint_path(options, cell)
+    if path is not None and record.get("status") in ("ok", "not_applicable") and path.exists():
+        path.unlink()
 
 
 @dataclass
@@ -267,12 +291,12 @@ def _run_local(todo, store, options, summary, progress):
         for cell in todo:
             bar.set_postfix_str(f"{cell.method.name}/{cell.dataset.name}/s{cell.seed}", refresh=False)
             record, arrays = run_cell(cell, options)
-            save(store, cell, record, arrays)
+            save(store, cell, record, arrays, options)
             summary.add(cell, record)
             bar.update(1)
 
 
-def _finish(store, summary, bar, cell, result, where: str) -> None:
+def _finish(store, summary, bar, cell, result, where: str, options: RunOptions) -> None:
     """Save the record of a cell that ran elsewhere; if its worker died, record the failure."""
     try:
         record, arrays = result()
@@ -280,7 +304,7 @@ def _finish(store, summary, bar, cell, result, where: str) -> None:
         record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(), "method": cell.method.to_json(),
                           "seed": cell.seed, "status": "failed",
                           "error": f"{where} failed: {type(exc).__name__}: {exc}"}, {}
-    save(store, cell, record, arrays)
+    save(store, cell, record, arrays, options)
     summary.add(cell, record)
     bar.update(1)
 
@@ -308,7 +332,7 @@ def _run_pool(todo, store, options, summary, progress):
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     cell = pending.pop(future)
-                    _finish(store, summary, bar, cell, future.result, "worker process")
+                    _finish(store, summary, bar, cell, future.result, "worker process", options)
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -352,7 +376,7 @@ def _run_ray(todo, store, options, summary, progress, address):
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     cell = pending.pop(ref)
-                    _finish(store, summary, bar, cell, lambda: ray.get(ref), "ray task")
+                    _finish(store, summary, bar, cell, lambda: ray.get(ref), "ray task", options)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

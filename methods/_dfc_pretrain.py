@@ -11,6 +11,9 @@
    reproduction, dfc.md §3.1).
 
 Batches are drawn by indexing device tensors; losses stay on the device until the end.
+Both loops resume (``resume``: a state their ``hook`` was handed at the end of an epoch, see
+:mod:`bench.checkpoint`), exactly on the CPU: weights, Adam, losses so far and torch's global
+generators (batch order and the VAE's noise come from them).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+
+from bench import checkpoint
 
 from ._dfc_parts import ClusterLayer, kl_divergence, target_distribution
 
@@ -46,15 +51,35 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
+def _resume(resume, modules: dict, opt, device) -> tuple[int, list]:
+    """Load a loop's saved state into its modules and optimiser; return (next epoch, losses)."""
+    if resume is None:
+        return 0, []
+    for name, module in modules.items():
+        module.load_state_dict(resume[name])
+    opt.load_state_dict(resume["opt"])
+    checkpoint.set_rng_state(resume["rng"], device)
+    return int(resume["epoch"]), [v.to(device) for v in resume["losses"]]
+
+
+def _offer(hook, epoch: int, epochs: int, modules: dict, opt, losses: list) -> None:
+    """Hand the state after ``epoch`` to ``hook`` (which saves it when a save is due)."""
+    if hook is not None and epoch + 1 < epochs:
+        hook(lambda: {"epoch": epoch + 1, "opt": opt.state_dict(), "losses": list(losses),
+                      "rng": checkpoint.rng_state(losses[-1].device),
+                      **{name: m.state_dict() for name, m in modules.items()}})
+
+
 def train_vae(encoder, decoder, X: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-              recon: str) -> torch.Tensor:
+              recon: str, resume: dict | None = None, hook=None) -> torch.Tensor:
     """Train encoder+decoder as a VAE on X; returns the mean loss of each epoch (on the device)."""
     encoder.train()
     decoder.train()
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=lr, fused=X.device.type == "cuda")
-    losses = []
-    for _ in range(epochs):
+    modules = {"encoder": encoder, "decoder": decoder}
+    start, losses = _resume(resume, modules, opt, X.device)
+    for epoch in range(start, epochs):
         total, count = torch.zeros((), device=X.device), 0
         for idx in epoch_batches(X.shape[0], batch_size, X.device):
             x = X[idx]
@@ -66,6 +91,7 @@ def train_vae(encoder, decoder, X: torch.Tensor, *, epochs: int, batch_size: int
             total += loss.detach()
             count += 1
         losses.append(total / count)
+        _offer(hook, epoch, epochs, modules, opt, losses)
     return torch.stack(losses) if losses else torch.zeros(0)
 
 
@@ -86,12 +112,13 @@ def assign(encoder, cluster: ClusterLayer, X: torch.Tensor, chunk: int = 8192) -
 
 
 def train_dec(encoder, cluster: ClusterLayer, X: torch.Tensor, *, epochs: int, batch_size: int,
-              lr: float) -> torch.Tensor:
+              lr: float, resume: dict | None = None, hook=None) -> torch.Tensor:
     """DEC fine-tuning of encoder (μ head) and centres on X; returns the mean KL per epoch."""
     opt = torch.optim.Adam(list(encoder.parameters()) + list(cluster.parameters()), lr=lr,
                            fused=X.device.type == "cuda")
-    losses = []
-    for _ in range(epochs):
+    modules = {"encoder": encoder, "cluster": cluster}
+    start, losses = _resume(resume, modules, opt, X.device)
+    for epoch in range(start, epochs):
         target = target_distribution(assign(encoder, cluster, X))
         encoder.train()
         total, count = torch.zeros((), device=X.device), 0
@@ -104,5 +131,6 @@ def train_dec(encoder, cluster: ClusterLayer, X: torch.Tensor, *, epochs: int, b
             total += loss.detach()
             count += 1
         losses.append(total / count)
+        _offer(hook, epoch, epochs, modules, opt, losses)
     encoder.eval()
     return torch.stack(losses) if losses else torch.zeros(0)

@@ -120,6 +120,22 @@ class Estimator:
         """Fitted parameters (empty for closed-form estimators)."""
         return []
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs (:mod:`bench.checkpoint`): the generator's state and that of
+        every module and optimiser the estimator owns (slices and CCA weights are redrawn and
+        refitted at every batch, so they are not state)."""
+        state = {"generator": self.generator.get_state()}
+        for name, value in sorted(vars(self).items()):
+            if isinstance(value, (nn.Module, torch.optim.Optimizer)):
+                state[name] = value.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        for name, value in vars(self).items():
+            if isinstance(value, (nn.Module, torch.optim.Optimizer)):
+                value.load_state_dict(state[name])
+
     def _build(self, factory):
         """Create a module from a seed of its own (independent of the global RNG)."""
         with torch.random.fork_rng(devices=[]):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import checkpoint
 from bench.kmeans import kmeans
 
 __all__ = [
@@ -183,6 +184,7 @@ def train_fcmi_style(
     final_centroids: str = "refit",
     eval_batch_size: int = 0,
     amp: bool = False,
+    checkpoint_stage: str = "fcmi_loop",
 ) -> TrainResult:
     """Train ``model`` (a :class:`methods._nets.GroupAutoencoder`) the FCMI way; return the
     final-epoch labels, embedding and per-epoch history.
@@ -214,6 +216,12 @@ def train_fcmi_style(
     kmeans_mi (I(C;G) of the epoch's hard k-means assignment over all samples, when k-means
     ran), time_s. Host synchronisation happens once per epoch, never inside a step.
     ``amp`` (opt-in, CUDA only) runs the networks under bfloat16 autocast; losses stay fp32.
+
+    Resumable (:mod:`bench.checkpoint`): when the runner's checkpoint for the cell is due, the
+    state at the end of an epoch is saved under ``checkpoint_stage`` (weights, Adam, the batch
+    generator, torch's global generators, the penalty's ``state_dict`` if it has one, history,
+    centroids), and a later attempt at the same cell continues from the epoch after it. The
+    resumed run gives the same labels as an uninterrupted one on the CPU.
     """
     device = torch.device(device)
     Xd = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X, dtype=torch.float32).to(device)
@@ -235,8 +243,19 @@ def train_fcmi_style(
     km = dict(n_iter=kmeans_iter, n_init=kmeans_restarts, max_ppc=kmeans_max_points_per_centroid, backend=kmeans_backend)
     single_decoder = getattr(model, "n_decoders", n_groups) == 1
 
-    history, centroids = [], None
-    for epoch in range(epochs):
+    history, centroids, start = [], None, 0
+    ckpt = checkpoint.current()
+    saved = ckpt.load(checkpoint_stage)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        if saved.get("penalty") is not None:
+            fairness_penalty.load_state_dict(saved["penalty"])
+        gen.set_state(saved["generator"])
+        checkpoint.set_rng_state(saved["rng"], device)
+        history, start = list(saved["history"]), int(saved["epoch"])
+        centroids = None if saved["centroids"] is None else saved["centroids"].to(device)
+    for epoch in range(start, epochs):
         t0 = time.perf_counter()
         clustering = epoch >= warmup_epochs
         extra = {}
@@ -276,6 +295,13 @@ def train_fcmi_style(
         row.update({k: float(v) for k, v in extra.items()})
         row["time_s"] = time.perf_counter() - t0
         history.append(row)
+        if epoch + 1 < epochs and ckpt.due():
+            ckpt.save(checkpoint_stage, {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "penalty": fairness_penalty.state_dict() if hasattr(fairness_penalty, "state_dict") else None,
+                "generator": gen.get_state(), "rng": checkpoint.rng_state(device), "history": history,
+                "centroids": centroids,
+            })
 
     h_final = embed_all(model, Xd, eval_bs, amp)
     if final_centroids == "refit" or centroids is None:

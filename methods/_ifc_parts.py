@@ -161,6 +161,14 @@ class IFCFairness(nn.Module):
         self.joint_discriminator = Discriminator(embed_dim, coding.n_cells) if S > 1 else None
         self.pairs = list(itertools.combinations(range(S), 2))
 
+    def get_extra_state(self):
+        """The step records ride along in ``state_dict`` (resumed runs, :mod:`bench.checkpoint`)."""
+        return self.recorder.state_dict() if self.recorder is not None else None
+
+    def set_extra_state(self, state):
+        if self.recorder is not None and state is not None:
+            self.recorder.load_state_dict(state)
+
     def joint_mi(self, q, code):
         return cluster_group_mi(cluster_group_table(q, code, self.coding.n_cells))
 

@@ -98,6 +98,18 @@ class StepRecorder:
         self.cuda = torch.device(device).type == "cuda"
         self.seconds, self.pending, self.values, self.keys, self._open = [], [], [], None, None
 
+    def state_dict(self) -> dict:
+        """The steps recorded so far (pending CUDA events resolved first), for a resumed run."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._drain(block=True)
+        return {"seconds": list(self.seconds), "values": list(self.values), "keys": self.keys}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds, self.keys = list(state["seconds"]), state["keys"]
+        device = "cuda" if self.cuda else "cpu"
+        self.values, self.pending = [v.to(device) for v in state["values"]], []
+
     def _now(self):
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)

@@ -65,6 +65,11 @@ descend), ``clustering`` (L_c), ``structural`` (L_s), ``fairness`` (L_f), ``batc
 (the k-means start) and the last row also hold ``hard_mi``/``soft_mi``: I(C;G) over every
 sample (groups only, never labels).
 
+Resumable (:mod:`bench.checkpoint`, stage ``"dfc"``): finished phases keep their results (the
+pooled encoder and centres, each teacher's Q̂ rows) and the phase in progress (a VAE, a DEC
+teacher or the DFC iterations) saves its state when a save is due, so a killed cell loses at
+most the steps since its last save. A resumed run gives the same labels on the CPU.
+
 What to expect (measured on digits-reversed, see tests/test_dfc.py): L_c RISES during training
 by design (P is rebuilt from Q, so KL(P‖Q) ≈ 0 for a soft start and grows as Q sharpens);
 the per-group target of Eq. (4) and the per-group structural term already spread every group
@@ -81,7 +86,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import Method, MethodOutput, NotApplicable, ParameterError, register_method
+from bench import Method, MethodOutput, NotApplicable, ParameterError, checkpoint, register_method
 from bench.kmeans import kmeans
 
 from ._dfc_nets import LATENT_DIM, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -215,36 +220,51 @@ class DFC(Method):
             return ConvEncoder(X.shape[1], LATENT_DIM), ConvDecoder(X.shape[1], LATENT_DIM)
         return MLPEncoder(X[0].numel(), LATENT_DIM), MLPDecoder(tuple(X.shape[1:]), LATENT_DIM)
 
-    def _pretrain_vae(self, X, kind, recon, device):
+    def _pretrain_vae(self, X, kind, recon, device, progress, phase):
+        """A VAE on X (phase ``phase`` of ``progress``); returns the encoder, and its loss
+        history rows unless the phase had finished in an earlier attempt (then None)."""
         p = self.params
+        done = progress.results.get(phase)
+        resume = None if done else progress.enter(phase)
         encoder, decoder = (m.to(device) for m in self._new_vae(X, kind))
+        if done:
+            encoder.load_state_dict(done["encoder"])
+            return encoder, None
         losses = train_vae(encoder, decoder, X, epochs=p["pretrain_epochs"], batch_size=p["pretrain_batch_size"],
-                           lr=p["pretrain_lr"], recon=recon)
+                           lr=p["pretrain_lr"], recon=recon, resume=resume, hook=progress.hook(phase))
         return encoder, losses
 
     def _kmeans_centres(self, encoder, X, K, seed):
         centres, _ = kmeans(embed(encoder, X), K, n_init=self.params["kmeans_n_init"], seed=seed)
         return centres
 
-    def _teacher_assignments(self, X, kind, recon, group_index, pooled, K, seed, device, history):
+    def _teacher_assignments(self, X, kind, recon, group_index, pooled, K, seed, device, history, progress):
         """Train one frozen DEC teacher per group; return Q̂ (n × K) for every sample."""
         p = self.params
         q_hat = torch.zeros(X.shape[0], K, device=device)
         for g, idx in enumerate(group_index):
+            key = f"teacher{g}"
+            if key in progress.results:
+                q_hat[idx] = progress.results[key]["q"].to(device)
+                continue
             Xg = X[idx]
             if p["teacher_init"] == "group":
-                encoder, losses = self._pretrain_vae(Xg, kind, recon, device)
-                history += [{"teacher_group": float(g), "vae_epoch": float(e + 1), "vae_loss": v}
-                            for e, v in enumerate(losses.tolist())]
+                encoder, losses = self._pretrain_vae(Xg, kind, recon, device, progress, f"{key}_vae")
+                if losses is not None:
+                    history += [{"teacher_group": float(g), "vae_epoch": float(e + 1), "vae_loss": v}
+                                for e, v in enumerate(losses.tolist())]
+                    progress.complete(f"{key}_vae", {"encoder": encoder.state_dict()}, history)
             else:
                 encoder = copy.deepcopy(pooled)
             centres = self._kmeans_centres(encoder, Xg, K, seed + 1 + g)  # DEC always starts from k-means
+            resume = progress.enter(f"{key}_dec")
             cluster = ClusterLayer(K, LATENT_DIM, p["alpha"], centres).to(device)
             losses = train_dec(encoder, cluster, Xg, epochs=p["teacher_epochs"], batch_size=p["teacher_batch_size"],
-                               lr=p["teacher_lr"])
+                               lr=p["teacher_lr"], resume=resume, hook=progress.hook(f"{key}_dec"))
             history += [{"teacher_group": float(g), "dec_epoch": float(e + 1), "dec_kl": v}
                         for e, v in enumerate(losses.tolist())]
             q_hat[idx] = assign(encoder, cluster, Xg)
+            progress.complete(key, {"q": q_hat[idx]}, history, drop=(f"{key}_vae",))
         return q_hat
 
     def _fit(self, data, seed, device):
@@ -255,27 +275,37 @@ class DFC(Method):
         groups = torch.as_tensor(groups_np.reshape(-1), dtype=torch.int64, device=device)
         G = int(groups_np.max()) + 1
         group_index = [torch.nonzero(groups == g).reshape(-1) for g in range(G)]
-        history: list[dict] = []
+        progress = _Progress(device)
+        history: list[dict] = list(progress.history)
 
         # 1-2. pooled VAE and k-means centres (reconstructed pretraining, see the docstring).
-        encoder, losses = self._pretrain_vae(X, kind, recon, device)
-        history += [{"vae_epoch": float(e + 1), "vae_loss": v} for e, v in enumerate(losses.tolist())]
-        centres = self._kmeans_centres(encoder, X, K, seed) if p["init_centers"] == "kmeans" else None
+        encoder, losses = self._pretrain_vae(X, kind, recon, device, progress, "pooled")
+        if losses is None:
+            centres = progress.results["pooled"]["centres"]
+            centres = None if centres is None else centres.to(device)
+        else:
+            history += [{"vae_epoch": float(e + 1), "vae_loss": v} for e, v in enumerate(losses.tolist())]
+            centres = self._kmeans_centres(encoder, X, K, seed) if p["init_centers"] == "kmeans" else None
+            progress.complete("pooled", {"encoder": encoder.state_dict(), "centres": centres}, history)
         # 3. frozen per-group DEC teachers.
-        q_hat = self._teacher_assignments(X, kind, recon, group_index, encoder, K, seed, device, history)
+        q_hat = self._teacher_assignments(X, kind, recon, group_index, encoder, K, seed, device, history, progress)
 
+        resume = progress.enter("dfc")
         cluster = ClusterLayer(K, LATENT_DIM, p["alpha"], centres).to(device)
         critic = Critic(K, G).to(device) if G >= 2 else None
-        history.append({"iter": 0.0, **group_dependence(encoder, cluster, X, groups, G)[1]})
-        history += self._train(X, encoder, cluster, critic, q_hat, group_index, device)
+        if resume is None:
+            history.append({"iter": 0.0, **group_dependence(encoder, cluster, X, groups, G)[1]})
+            progress.history = list(history)  # saved with the iterations' states
+        history += self._train(X, encoder, cluster, critic, q_hat, group_index, device, resume, progress.hook("dfc"))
 
         # Transductive evaluation of the final iteration: every sample, eval mode, μ, argmax q.
         (z, labels), final = group_dependence(encoder, cluster, X, groups, G)
         history[-1].update(final)
         return MethodOutput(labels=labels.cpu().numpy().astype(np.int64), embedding=z.cpu().numpy(), history=history)
 
-    def _train(self, X, encoder, cluster, critic, q_hat, group_index, device):
-        """The DFC iterations (dfc.md §2–§3); returns one history row per ``log_every`` steps."""
+    def _train(self, X, encoder, cluster, critic, q_hat, group_index, device, resume=None, hook=None):
+        """The DFC iterations (dfc.md §2–§3); returns one history row per ``log_every`` steps.
+        ``resume``/``hook``: continue from / offer the state after a logged block of steps."""
         p = self.params
         T = p["iters"]
         sizes = [min(p["batch_size"], idx.numel()) for idx in group_index]
@@ -296,7 +326,19 @@ class DFC(Method):
         n_logs = -(-T // p["log_every"])
         log_sums = torch.zeros(n_logs, 5, device=device)
         zero = torch.zeros((), device=device)
-        for step in range(T):
+        modules = {"encoder": encoder, "cluster": cluster, "critic": critic}
+        start = 0
+        if resume is not None:
+            for name, module in modules.items():
+                if module is not None:
+                    module.load_state_dict(resume[name])
+            opt.load_state_dict(resume["opt"])
+            log_sums.copy_(resume["log_sums"])
+            for sampler, state in zip(samplers, resume["samplers"]):
+                sampler.load_state(state, device)
+            checkpoint.set_rng_state(resume["rng"], device)
+            start = int(resume["step"])
+        for step in range(start, T):
             lr = inv_lr(p["lr"], step, T)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_mult"]
@@ -313,6 +355,10 @@ class DFC(Method):
             mi = soft_mutual_information(log_q.detach().exp(), batch_groups, len(group_index))
             terms = torch.stack([loss.detach(), l_c.detach(), l_s.detach(), l_f.detach(), mi])
             log_sums[step // p["log_every"]] += terms
+            if hook is not None and (step + 1) % p["log_every"] == 0 and step + 1 < T:
+                hook(lambda: {"step": step + 1, "opt": opt.state_dict(), "log_sums": log_sums,
+                              "samplers": [s.state() for s in samplers], "rng": checkpoint.rng_state(device),
+                              **{name: m.state_dict() for name, m in modules.items() if m is not None}})
         rows = []
         for r, (tot, l_c, l_s, l_f, mi) in enumerate(log_sums.tolist()):
             last = min(T, (r + 1) * p["log_every"])
@@ -333,6 +379,13 @@ class GroupSampler:
         self.per_pass = index.numel() // batch_size
         self.pos, self.perm = 0, None
 
+    def state(self) -> dict:
+        return {"pos": self.pos, "perm": self.perm}
+
+    def load_state(self, state: dict, device) -> None:
+        self.pos = int(state["pos"])
+        self.perm = None if state["perm"] is None else state["perm"].to(device)
+
     def next(self) -> torch.Tensor:
         if self.pos % self.per_pass == 0:
             self.perm = self.index[torch.randperm(self.index.numel(), device=self.index.device)]
@@ -340,6 +393,60 @@ class GroupSampler:
         out = self.perm[self.pos * self.b : (self.pos + 1) * self.b]
         self.pos += 1
         return out
+
+
+class _Progress:
+    """DFC's resumable pipeline (:mod:`bench.checkpoint`, one stage ``"dfc"``): ``results`` of
+    finished phases, the phase in progress with its last offered state, torch's global
+    generators at the save, and the history so far.
+
+    Phases: ``pooled`` (VAE + centres), ``teacher<g>_vae`` and ``teacher<g>_dec`` (result
+    ``teacher<g>``: its Q̂ rows), ``dfc`` (the iterations). A resumed run skips finished phases
+    and calls :meth:`enter` where it would start the next one: before anything there draws
+    random numbers, so the generators continue exactly from the save."""
+
+    STAGE = "dfc"
+
+    def __init__(self, device):
+        self.device = device
+        self.ckpt = checkpoint.current()
+        saved = self.ckpt.load(self.STAGE) or {}
+        self.results = dict(saved.get("results", {}))
+        self.history = list(saved.get("history", []))
+        self.phase, self.partial, self._rng = saved.get("phase"), saved.get("partial"), saved.get("rng")
+
+    def enter(self, phase: str):
+        """Start (or continue) ``phase``: its saved state if it was in progress, else None.
+        Resuming at a phase boundary restores the generators here, once."""
+        if self._rng is not None:
+            if self.phase is None:
+                checkpoint.set_rng_state(self._rng, self.device)
+            self._rng = None
+        return self.partial if self.phase == phase and self.phase is not None else None
+
+    def hook(self, phase: str):
+        """For a training loop: called with a state-making function after each epoch/block;
+        saves the state of ``phase`` in progress when the checkpoint is due."""
+        if not self.ckpt.enabled:
+            return None
+
+        def offer(make_state):
+            if self.ckpt.due():
+                self._write(phase, make_state(), self.history)
+        return offer
+
+    def complete(self, key: str, value: dict, history: list, drop=()) -> None:
+        """Record a finished phase's result (and forget results no longer needed)."""
+        self.results[key] = value
+        for name in drop:
+            self.results.pop(name, None)
+        self.history = list(history)
+        self._write(None, None, history)
+
+    def _write(self, phase, partial, history) -> None:
+        if self.ckpt.enabled:
+            self.ckpt.save(self.STAGE, {"results": self.results, "phase": phase, "partial": partial,
+                                        "history": list(history), "rng": checkpoint.rng_state(self.device)})
 
 
 @torch.no_grad()

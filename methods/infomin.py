@@ -74,6 +74,15 @@ class InfominPenalty:
         self.recorder.stop()
         return value
 
+    def state_dict(self) -> dict:
+        """Estimator (critics, their optimisers, generator) and step records: a resumed run
+        continues both (:mod:`bench.checkpoint`)."""
+        return {"estimator": self.estimator.state_dict(), "recorder": self.recorder.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.estimator.load_state_dict(state["estimator"])
+        self.recorder.load_state_dict(state["recorder"])
+
 
 class InfominClustering(Method):
     """Base of the ``infomin-*`` methods (not registered itself).
