@@ -91,6 +91,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_seconds, default=300.0, metavar="SECONDS",
                    help="long trainings save their state at most this often under OUT/checkpoints, and a cell "
                    "killed part-way resumes from it on the next run (default 300; 0: no checkpoints)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="experimental: FCMI and AE replay their training step as a CUDA graph (GPU only)")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also store each run's embedding beside its labels (megabytes a run on the image sets)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -237,7 +239,7 @@ def _main(argv) -> int:
     options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
                          save_embeddings=args.save_embeddings,
                          checkpoint_dir=str(out / "checkpoints") if args.checkpoint_every > 0 else None,
-                         checkpoint_every_s=args.checkpoint_every)
+                         checkpoint_every_s=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
     try:
         summary = run_grid(cells, store, options, executor=args.executor, address=args.address, force=args.force,
                            progress=not args.quiet)

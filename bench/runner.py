@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, registry
+from . import checkpoint, execution, registry
 from .api import NotApplicable
 from .metrics import evaluate
 from .paths import PROJECT_ROOT, default_data_dir
@@ -132,6 +132,9 @@ class RunOptions:
     #: seconds between two saves of one cell.
     checkpoint_dir: str | None = None
     checkpoint_every_s: float = 300.0
+    #: Experimental: replay training steps as CUDA graphs where a loop supports it
+    #: (:mod:`bench.execution`); recorded with each run.
+    cuda_graphs: bool = False
 
 
 def checkpoint_path(options: RunOptions, cell: "Cell"):
@@ -168,6 +171,8 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
         "cell_id": cell.cell_id, "dataset": cell.dataset.to_json(), "method": cell.method.to_json(),
         "seed": cell.seed, "versions": library_versions(), "git_commit": git_commit(),
         "host": os.uname().nodename,
+        "jobs": options.jobs,  # cells running side by side: train times compare only at equal load
+        "cuda_graphs": options.cuda_graphs,
     }
     arrays: dict = {}
     start = time.perf_counter()
@@ -186,7 +191,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
         record["attributes_used"] = [a.name for a in inp.attributes]
         seed_everything(cell.seed)
         t0 = time.perf_counter()
-        with checkpoint.active(ckpt):
+        with checkpoint.active(ckpt), execution.settings(cuda_graphs=options.cuda_graphs):
             out = method.fit(inp, cell.seed, device)
         record["train_seconds"] = time.perf_counter() - t0 + ckpt.prior_seconds
         if ckpt.prior_seconds:  # continued from a checkpoint: earlier attempts' seconds included

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from bench import NotApplicable, registry  # noqa: E402
+from bench import NotApplicable, execution, registry  # noqa: E402
 from bench.paths import default_data_dir  # noqa: E402
 from bench.seeding import resolve_device, seed_everything  # noqa: E402
 
@@ -55,6 +55,7 @@ def parse_args(argv=None):
     ap.add_argument("--data-dir", default=None, help="data folder (default: $FAIRCLUSTERBENCH_DATA or the cache)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="extra method parameter, applied where the method declares it (repeatable)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay training steps as CUDA graphs where supported")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return ap.parse_args(argv)
@@ -74,7 +75,8 @@ def _timed_fit(method_cls, params, data, args, device):
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     t0 = time.perf_counter()
-    out = method.fit(inp, args.seed, device)
+    with execution.settings(cuda_graphs=args.cuda_graphs):
+        out = method.fit(inp, args.seed, device)
     _sync(device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return out, time.perf_counter() - t0, peak
@@ -122,6 +124,7 @@ def measure(method_cls, data, args, device) -> dict:
         "samples_per_s": n * epochs / total if epochs else float("nan"),
         "peak_gpu_MiB": peak,
         "device": str(device),
+        "cuda_graphs": bool(args.cuda_graphs),
     }
 
 

@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import checkpoint
+from bench import checkpoint, execution
 from bench.kmeans import kmeans
+
+from ._fcmi_graph import GraphedStep, graph_supported, masked_decode
 
 __all__ = [
     "soft_assignment",
@@ -185,6 +187,7 @@ def train_fcmi_style(
     eval_batch_size: int = 0,
     amp: bool = False,
     checkpoint_stage: str = "fcmi_loop",
+    cuda_graph: Optional[bool] = None,
 ) -> TrainResult:
     """Train ``model`` (a :class:`methods._nets.GroupAutoencoder`) the FCMI way; return the
     final-epoch labels, embedding and per-epoch history.
@@ -217,6 +220,11 @@ def train_fcmi_style(
     ran), time_s. Host synchronisation happens once per epoch, never inside a step.
     ``amp`` (opt-in, CUDA only) runs the networks under bfloat16 autocast; losses stay fp32.
 
+    ``cuda_graph`` (opt-in, CUDA only; None: the runner's ``--cuda-graphs``,
+    :mod:`bench.execution`): capture the step once per kind of epoch and replay it for every
+    batch (:mod:`methods._fcmi_graph`); used only with FCMI's fairness term (or none), without
+    ``amp``, and with one decoder or group decoders without BatchNorm, else the loop is eager.
+
     Resumable (:mod:`bench.checkpoint`): when the runner's checkpoint for the cell is due, the
     state at the end of an epoch is saved under ``checkpoint_stage`` (weights, Adam, the batch
     generator, torch's global generators, the penalty's ``state_dict`` if it has one, history,
@@ -237,12 +245,43 @@ def train_fcmi_style(
     if isinstance(fairness_penalty, nn.Module):
         fairness_penalty.to(device)
         params += list(fairness_penalty.parameters())
-    optimiser = torch.optim.Adam(params, lr=lr, fused=device.type == "cuda")  # one kernel per step on CUDA
+    if cuda_graph is None:
+        cuda_graph = execution.cuda_graphs()
+    use_graph = bool(cuda_graph) and not amp and graph_supported(
+        model, device, fairness_penalty is None or fairness_penalty is fcmi_fairness)
+    # fused: one kernel per step on CUDA; capturable: its step count lives on the GPU (graphs)
+    optimiser = torch.optim.Adam(params, lr=lr, fused=device.type == "cuda", capturable=use_graph)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     kseed = lambda epoch: int(seed) * 100_003 + epoch  # noqa: E731  per-epoch k-means seed
     km = dict(n_iter=kmeans_iter, n_init=kmeans_restarts, max_ppc=kmeans_max_points_per_centroid, backend=kmeans_backend)
     single_decoder = getattr(model, "n_decoders", n_groups) == 1
 
+    def loss_terms(x, g, cents, clustering, decode):
+        """The step's logged terms (loss first): L_rec [+ α·(H(C|X) − H(C)) + β·penalty]."""
+        with _autocast(device, amp):
+            h = model.encode(x)
+            x_hat = decode(h, g)
+        h, x_hat = h.float(), x_hat.float()
+        rec = F.mse_loss(x_hat, x)
+        loss = reconstruction_weight * rec
+        zero = rec.new_zeros(())
+        hcx = hc = mi = fair = zero
+        if cents is not None:
+            q = soft_assignment(h, cents, temperature)
+            p_kg = cluster_group_table(q, g, n_groups)
+            hcx, hc, mi = conditional_entropy(q), cluster_entropy(p_kg), cluster_group_mi(p_kg)
+        if clustering:
+            loss = loss + alpha * (hcx - hc)
+            if fairness_penalty is not None:
+                fair = mi if fairness_penalty is fcmi_fairness else fairness_penalty(q, h, g, n_groups)
+                loss = loss + beta * fair
+        return torch.stack([loss, rec, hcx, hc, mi, fair])
+
+    def masked_decoder(h, g):
+        return masked_decode(model, h, g)
+
+    graphs, graph_centroids = {}, None
+    sums = torch.zeros(len(HISTORY_KEYS), device=device)
     history, centroids, start = [], None, 0
     ckpt = checkpoint.current()
     saved = ckpt.load(checkpoint_stage)
@@ -265,31 +304,27 @@ def train_fcmi_style(
             extra["kmeans_mi"] = hard_mi((h_all @ centroids.T).argmax(1), Gd, n_clusters, n_groups)
         model.train()
         batches, counts = _epoch_batches(Gd, n_groups, batch_size, gen)
-        sums = torch.zeros(len(HISTORY_KEYS), device=device)
-        for b in range(batches.shape[0]):
-            idx = batches[b]
-            x, g = Xd[idx], Gd[idx]
-            with _autocast(device, amp):
-                h = model.encode(x)
-                x_hat = model.decode_sorted(h, [x.shape[0]] if single_decoder else counts[b])
-            h, x_hat = h.float(), x_hat.float()
-            rec = F.mse_loss(x_hat, x)
-            loss = reconstruction_weight * rec
-            zero = rec.new_zeros(())
-            hcx = hc = mi = fair = zero
-            if centroids is not None:
-                q = soft_assignment(h, centroids, temperature)
-                p_kg = cluster_group_table(q, g, n_groups)
-                hcx, hc, mi = conditional_entropy(q), cluster_entropy(p_kg), cluster_group_mi(p_kg)
+        sums.zero_()
+        if use_graph:  # one captured step per kind of epoch, replayed for every batch
+            if clustering and graph_centroids is None:
+                graph_centroids = centroids.clone()
             if clustering:
-                loss = loss + alpha * (hcx - hc)
-                if fairness_penalty is not None:
-                    fair = mi if fairness_penalty is fcmi_fairness else fairness_penalty(q, h, g, n_groups)
-                    loss = loss + beta * fair
+                graph_centroids.copy_(centroids)
+            if clustering not in graphs:
+                cents = graph_centroids if clustering else None
+                graphs[clustering] = GraphedStep(
+                    model, optimiser, Xd, Gd, batches.shape[1],
+                    lambda x, g, c=cents, k=clustering: loss_terms(x, g, c, k, masked_decoder), sums)
+            for b in range(batches.shape[0]):
+                graphs[clustering].run(batches[b])
+        for b in range(0 if use_graph else batches.shape[0]):
+            idx = batches[b]
+            sizes = [idx.shape[0]] if single_decoder else counts[b]
+            terms = loss_terms(Xd[idx], Gd[idx], centroids, clustering, lambda h, g: model.decode_sorted(h, sizes))
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            terms[0].backward()
             optimiser.step()
-            sums += torch.stack([loss, rec, hcx, hc, mi, fair]).detach()
+            sums += terms.detach()
         means = (sums / batches.shape[0]).tolist()  # the epoch's synchronisation
         row = {"epoch": float(epoch), **dict(zip(HISTORY_KEYS, means))}
         row.update({k: float(v) for k, v in extra.items()})

@@ -33,7 +33,7 @@ def test_records_are_complete_and_metrics_recomputable(tmp_path):
     assert [r["seed"] for r in records] == [0, 1]
     for r in records:
         assert r["status"] == "ok"
-        for key in ("versions", "git_commit", "device", "wall_seconds", "train_seconds", "metrics"):
+        for key in ("versions", "git_commit", "device", "jobs", "wall_seconds", "train_seconds", "metrics"):
             assert key in r, key
         assert {"torch", "numpy", "python"} <= set(r["versions"])
         labels = store.labels(r)
