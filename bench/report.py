@@ -32,22 +32,26 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                "method": r["method"]["label"], "method_name": r["method"]["name"],
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
-               "device": short_device(r.get("device", ""))}
+               "device": short_device(r.get("device", ""), r.get("jobs", 1))}
         for k, v in (r.get("metrics") or {}).items():
             row["m:" + k] = v
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def short_device(name: str) -> str:
+def short_device(name: str, jobs: int = 1) -> str:
     """"CPU" for CPU records, else the GPU model without the vendor ("H100" for "NVIDIA H100
-    80GB HBM3"): train times are only comparable within one device."""
+    80GB HBM3"), followed by "×N" when N cells ran side by side on the machine (``--jobs``):
+    train times are only comparable within one device and load. Records from before the
+    runner kept ``jobs`` show the device alone."""
     if not name:
         return "?"
     if name.lower().startswith("cpu"):
-        return "CPU"
-    words = [w for w in name.split() if w.upper() not in ("NVIDIA", "GEFORCE", "TESLA", "AMD", "RADEON")]
-    return words[0] if words else name
+        short = "CPU"
+    else:
+        words = [w for w in name.split() if w.upper() not in ("NVIDIA", "GEFORCE", "TESLA", "AMD", "RADEON")]
+        short = words[0] if words else name
+    return f"{short} ×{int(jobs)}" if jobs and int(jobs) > 1 else short
 
 
 def _fmt(mean, std, n, digits=1):

@@ -109,6 +109,12 @@ def test_leaderboard_names_the_device_of_each_row(tmp_path):
     assert header.rstrip(" |").endswith("device")
     row = next(line for line in text.splitlines() if line.startswith("| kmeans"))
     assert row.rstrip(" |").endswith("CPU")
+    # cells that shared the machine say so: their train times are not single-process times
+    shared = RecordStore(tmp_path / "shared")
+    run_grid(_grid(), shared, RunOptions(device="cpu", plugins=OPTS.plugins, jobs=2), progress=False)
+    text = build_report(shared, tmp_path / "lb2.md", tmp_path / "fig", figures=False)
+    row = next(line for line in text.splitlines() if line.startswith("| kmeans"))
+    assert row.rstrip(" |").endswith("CPU ×2")
 
 
 def test_nan_loss_fails_the_cell(tmp_path, monkeypatch):
