@@ -56,6 +56,9 @@ def parse_args(argv=None):
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="extra method parameter, applied where the method declares it (repeatable)")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay training steps as CUDA graphs where supported")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="after timing, profile one more fit of each method and print its ROWS most costly ops "
+                    "(by time on the GPU, else on the CPU): what a step is spent on")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return ap.parse_args(argv)
@@ -128,6 +131,24 @@ def measure(method_cls, data, args, device) -> dict:
     }
 
 
+def profile_fit(method_cls, data, args, device) -> None:
+    """torch.profiler over one more timed fit: the costliest ops, and the step's CPU and GPU
+    totals (a step far longer on the CPU than on the GPU is bound by launches, not arithmetic)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        measure(method_cls, data, args, device)
+    averages = prof.key_averages()
+    on_gpu = device.type == "cuda"
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    print(f"profile: {method_cls.name} on {data.name} ({'GPU' if on_gpu else 'CPU'} time)")
+    print(averages.table(sort_by=key, row_limit=args.profile))
+    cpu_s = sum(e.self_cpu_time_total for e in averages) / 1e6
+    gpu_s = sum(getattr(e, "self_device_time_total", 0) for e in averages) / 1e6 if on_gpu else float("nan")
+    print(f"profile totals: self CPU {cpu_s:.2f} s, self GPU {gpu_s:.2f} s")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -151,6 +172,8 @@ def main(argv=None) -> int:
                 continue
             try:
                 rows.append(measure(registry.methods.get(m_name), data, args, device))
+                if args.profile:
+                    profile_fit(registry.methods.get(m_name), data, args, device)
             except (NotApplicable, ValueError) as exc:
                 notes.append(f"skipped {m_name} on {ds_name}: {exc}")
             print(f"done: {m_name} on {ds_name}", file=sys.stderr, flush=True)

@@ -13,7 +13,9 @@ there the loop stays eager (:func:`graph_supported`).
 
 Capturing needs a few warm-up steps; they run on a copy of the training state, which is put
 back in place before the capture, so the trajectory is the eager one's (up to the order of
-floating-point sums).
+floating-point sums). The warm-up also lets cuDNN time its convolution kernels for the fixed
+shapes and keep the fastest: an autotuner's choice may differ between runs, so graphed runs
+on a GPU need not repeat bit for bit (they are an execution setting, recorded with the run).
 """
 from __future__ import annotations
 
@@ -80,7 +82,16 @@ class GraphedStep:
         return tensors + [t for s in self.optimiser.state.values() for t in s.values() if torch.is_tensor(t)]
 
     def capture(self):
-        """Warm up on a side stream, put the training state back in place, capture the step."""
+        """Warm up on a side stream, put the training state back in place, capture the step.
+
+        Fixed shapes make cuDNN's autotuning worth it: the warm-up times the convolution
+        kernels and the capture records the fastest (the eager loop cannot: its group slices
+        change size every batch)."""
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=True, benchmark=True, deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32):
+            self._capture()
+
+    def _capture(self):
         fresh_optimiser = not self.optimiser.state
         saved = [(t, t.detach().clone()) for t in self._state_tensors()]
         self.index.copy_(torch.arange(self.index.numel(), device=self.index.device) % self.X.shape[0])
