@@ -112,7 +112,8 @@ def soft_mutual_information(q: torch.Tensor, groups: torch.Tensor, n_groups: int
     """I(C;G) in nats of the soft cluster × group table p(k, g) = mean_i q_ik [g_i = g] (the
     quantity FCMI penalises; a diagnostic here, no gradient)."""
     with torch.no_grad():
-        joint = q.T @ F.one_hot(groups, n_groups).to(q.dtype) / q.shape[0]
+        onehot = (groups[:, None] == torch.arange(n_groups, device=groups.device)).to(q.dtype)  # no value check, no sync
+        joint = q.T @ onehot / q.shape[0]
         outer = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
         return (torch.xlogy(joint, joint) - joint * torch.log(outer.clamp_min(1e-30))).sum()
 
@@ -128,9 +129,10 @@ class _GradReverse(torch.autograd.Function):
         return -ctx.coeff * grad, None
 
 
-def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
-    """Identity forward; the gradient is multiplied by −coeff on the way back."""
-    return _GradReverse.apply(x, float(coeff))
+def grad_reverse(x: torch.Tensor, coeff=1.0) -> torch.Tensor:
+    """Identity forward; the gradient is multiplied by −coeff on the way back. ``coeff``: a
+    number, or a 0-d tensor (read at backward time: a captured step's schedule value)."""
+    return _GradReverse.apply(x, coeff if torch.is_tensor(coeff) else float(coeff))
 
 
 def grl_coefficient(t: int, total: int, alpha: float = 10.0, low: float = 0.0, high: float = 1.0) -> float:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from bench import checkpoint
 
 from ._dfc_parts import ClusterLayer, kl_divergence, target_distribution
+from ._step_graph import CapturedStep
 
 
 def epoch_batches(n: int, batch_size: int, device) -> Iterator[torch.Tensor]:
@@ -71,24 +72,33 @@ def _offer(hook, epoch: int, epochs: int, modules: dict, opt, losses: list) -> N
 
 
 def train_vae(encoder, decoder, X: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-              recon: str, resume: dict | None = None, hook=None) -> torch.Tensor:
-    """Train encoder+decoder as a VAE on X; returns the mean loss of each epoch (on the device)."""
+              recon: str, resume: dict | None = None, hook=None, graph: bool = False) -> torch.Tensor:
+    """Train encoder+decoder as a VAE on X; returns the mean loss of each epoch (on the device).
+    ``graph``: replay the step as a CUDA graph (:mod:`methods._step_graph`)."""
     encoder.train()
     decoder.train()
     params = list(encoder.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=lr, fused=X.device.type == "cuda")
+    opt = torch.optim.Adam(params, lr=lr, fused=X.device.type == "cuda", capturable=graph)
     modules = {"encoder": encoder, "decoder": decoder}
     start, losses = _resume(resume, modules, opt, X.device)
+    index = torch.zeros(min(batch_size, X.shape[0]), dtype=torch.long, device=X.device)
+    total = torch.zeros((), device=X.device)
+
+    def body():
+        x = X[index]
+        mu, logvar = encoder(x)
+        loss = vae_loss(x, decoder(reparameterise(mu, logvar)), mu, logvar, recon)
+        loss.backward()
+        opt.step()
+        total.add_(loss.detach())
+
+    step = CapturedStep(body, modules.values(), opt, [total], capture=graph)
     for epoch in range(start, epochs):
-        total, count = torch.zeros((), device=X.device), 0
+        total.zero_()
+        count = 0
         for idx in epoch_batches(X.shape[0], batch_size, X.device):
-            x = X[idx]
-            mu, logvar = encoder(x)
-            loss = vae_loss(x, decoder(reparameterise(mu, logvar)), mu, logvar, recon)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+            index.copy_(idx)
+            step.run()
             count += 1
         losses.append(total / count)
         _offer(hook, epoch, epochs, modules, opt, losses)
@@ -112,23 +122,33 @@ def assign(encoder, cluster: ClusterLayer, X: torch.Tensor, chunk: int = 8192) -
 
 
 def train_dec(encoder, cluster: ClusterLayer, X: torch.Tensor, *, epochs: int, batch_size: int,
-              lr: float, resume: dict | None = None, hook=None) -> torch.Tensor:
-    """DEC fine-tuning of encoder (μ head) and centres on X; returns the mean KL per epoch."""
+              lr: float, resume: dict | None = None, hook=None, graph: bool = False) -> torch.Tensor:
+    """DEC fine-tuning of encoder (μ head) and centres on X; returns the mean KL per epoch.
+    ``graph``: replay the step as a CUDA graph (:mod:`methods._step_graph`)."""
     opt = torch.optim.Adam(list(encoder.parameters()) + list(cluster.parameters()), lr=lr,
-                           fused=X.device.type == "cuda")
+                           fused=X.device.type == "cuda", capturable=graph)
     modules = {"encoder": encoder, "cluster": cluster}
     start, losses = _resume(resume, modules, opt, X.device)
+    index = torch.zeros(min(batch_size, X.shape[0]), dtype=torch.long, device=X.device)
+    target = torch.zeros(X.shape[0], cluster.centers.shape[0], device=X.device)
+    total = torch.zeros((), device=X.device)
+
+    def body():
+        log_q = cluster(encoder.embed(X[index]))
+        loss = kl_divergence(target[index], log_q) / index.shape[0]
+        loss.backward()
+        opt.step()
+        total.add_(loss.detach())
+
+    step = CapturedStep(body, modules.values(), opt, [total], capture=graph)
     for epoch in range(start, epochs):
-        target = target_distribution(assign(encoder, cluster, X))
+        target.copy_(target_distribution(assign(encoder, cluster, X)))
         encoder.train()
-        total, count = torch.zeros((), device=X.device), 0
+        total.zero_()
+        count = 0
         for idx in epoch_batches(X.shape[0], batch_size, X.device):
-            log_q = cluster(encoder.embed(X[idx]))
-            loss = kl_divergence(target[idx], log_q) / idx.shape[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+            index.copy_(idx)
+            step.run()
             count += 1
         losses.append(total / count)
         _offer(hook, epoch, epochs, modules, opt, losses)

@@ -65,6 +65,12 @@ descend), ``clustering`` (L_c), ``structural`` (L_s), ``fairness`` (L_f), ``batc
 (the k-means start) and the last row also hold ``hard_mi``/``soft_mi``: I(C;G) over every
 sample (groups only, never labels).
 
+CUDA graphs (``--cuda-graphs``, experimental, :mod:`methods._step_graph`): the VAE, DEC and
+DFC steps have fixed shapes and read their batch indices, learning rates and λ(t) from device
+buffers, so each loop captures its step once and replays it. The random draws (reparameterisation,
+dropout) then come from the graph's generator, so a graphed run follows a different random
+stream than an eager one.
+
 Resumable (:mod:`bench.checkpoint`, stage ``"dfc"``): finished phases keep their results (the
 pooled encoder and centres, each teacher's Q̂ rows) and the phase in progress (a VAE, a DEC
 teacher or the DFC iterations) saves its state when a save is due, so a killed cell loses at
@@ -86,7 +92,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import Method, MethodOutput, NotApplicable, ParameterError, checkpoint, register_method
+from bench import Method, MethodOutput, NotApplicable, ParameterError, checkpoint, execution, register_method
 from bench.kmeans import kmeans
 
 from ._dfc_nets import LATENT_DIM, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -101,6 +107,7 @@ from ._dfc_parts import (
     soft_mutual_information,
 )
 from ._dfc_pretrain import assign, embed, reparameterise, train_dec, train_vae
+from ._step_graph import CapturedStep
 
 CHOICES = {
     "divergence": DIVERGENCES,
@@ -231,7 +238,8 @@ class DFC(Method):
             encoder.load_state_dict(done["encoder"])
             return encoder, None
         losses = train_vae(encoder, decoder, X, epochs=p["pretrain_epochs"], batch_size=p["pretrain_batch_size"],
-                           lr=p["pretrain_lr"], recon=recon, resume=resume, hook=progress.hook(phase))
+                           lr=p["pretrain_lr"], recon=recon, resume=resume, hook=progress.hook(phase),
+                           graph=_graphs_on(device))
         return encoder, losses
 
     def _kmeans_centres(self, encoder, X, K, seed):
@@ -260,7 +268,8 @@ class DFC(Method):
             resume = progress.enter(f"{key}_dec")
             cluster = ClusterLayer(K, LATENT_DIM, p["alpha"], centres).to(device)
             losses = train_dec(encoder, cluster, Xg, epochs=p["teacher_epochs"], batch_size=p["teacher_batch_size"],
-                               lr=p["teacher_lr"], resume=resume, hook=progress.hook(f"{key}_dec"))
+                               lr=p["teacher_lr"], resume=resume, hook=progress.hook(f"{key}_dec"),
+                               graph=_graphs_on(device))
             history += [{"teacher_group": float(g), "dec_epoch": float(e + 1), "dec_kl": v}
                         for e, v in enumerate(losses.tolist())]
             q_hat[idx] = assign(encoder, cluster, Xg)
@@ -318,13 +327,20 @@ class DFC(Method):
         ]
         if critic is not None:
             param_groups.append({"params": list(critic.parameters()), "lr_mult": p["adv_mult"]})
-        opt = torch.optim.Adam(param_groups, lr=p["lr"], weight_decay=p["weight_decay"], fused=device.type == "cuda")
+        graph = _graphs_on(device)
+        if graph:  # schedule values live in device tensors that the captured step reads
+            for group in param_groups:
+                group["lr"] = torch.tensor(p["lr"] * group["lr_mult"], device=device)
+        opt = torch.optim.Adam(param_groups, lr=p["lr"], weight_decay=p["weight_decay"], fused=device.type == "cuda",
+                               capturable=graph)
+        lr_tensors = [group["lr"] for group in opt.param_groups] if graph else None
         encoder.train()
         cluster.train()
         if critic is not None:
             critic.train()
         n_logs = -(-T // p["log_every"])
         log_sums = torch.zeros(n_logs, 5, device=device)
+        block = torch.zeros(5, device=device)  # the current block of log_every steps
         zero = torch.zeros((), device=device)
         modules = {"encoder": encoder, "cluster": cluster, "critic": critic}
         start = 0
@@ -333,28 +349,44 @@ class DFC(Method):
                 if module is not None:
                     module.load_state_dict(resume[name])
             opt.load_state_dict(resume["opt"])
+            if graph:
+                for group, lr_t in zip(opt.param_groups, lr_tensors):
+                    group["lr"] = lr_t
             log_sums.copy_(resume["log_sums"])
             for sampler, state in zip(samplers, resume["samplers"]):
                 sampler.load_state(state, device)
             checkpoint.set_rng_state(resume["rng"], device)
             start = int(resume["step"])
-        for step in range(start, T):
-            lr = inv_lr(p["lr"], step, T)
-            for group in opt.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            idx = torch.cat([s.next() for s in samplers])
-            mu, logvar = encoder(X[idx])
+        index = torch.zeros(int(bounds[-1]), dtype=torch.long, device=device)
+        schedule = {"lam": torch.zeros((), device=device) if graph else 0.0}
+
+        def body():
+            mu, logvar = encoder(X[index])
             log_q = cluster(reparameterise(mu, logvar))
-            l_c, l_s = group_losses(log_q, q_hat[idx], bounds, p["divergence"])
-            lam = grl_coefficient(step + 1, T)
-            l_f = critic.loss(grad_reverse(log_q.exp(), lam), batch_groups) if critic is not None else zero
+            l_c, l_s = group_losses(log_q, q_hat[index], bounds, p["divergence"])
+            l_f = critic.loss(grad_reverse(log_q.exp(), schedule["lam"]), batch_groups) if critic is not None else zero
             loss = l_c + p["coeff_fair"] * l_f + p["coeff_par"] * l_s
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             mi = soft_mutual_information(log_q.detach().exp(), batch_groups, len(group_index))
-            terms = torch.stack([loss.detach(), l_c.detach(), l_s.detach(), l_f.detach(), mi])
-            log_sums[step // p["log_every"]] += terms
+            block.add_(torch.stack([loss.detach(), l_c.detach(), l_s.detach(), l_f.detach(), mi]))
+
+        step_graph = CapturedStep(body, modules.values(), opt, [block], capture=graph)
+        for step in range(start, T):
+            lr = inv_lr(p["lr"], step, T)
+            if graph:
+                for group in opt.param_groups:
+                    group["lr"].fill_(lr * group["lr_mult"])
+                schedule["lam"].fill_(grl_coefficient(step + 1, T))
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = lr * group["lr_mult"]
+                schedule["lam"] = grl_coefficient(step + 1, T)
+            index.copy_(torch.cat([s.next() for s in samplers]))
+            step_graph.run()
+            if (step + 1) % p["log_every"] == 0 or step + 1 == T:
+                log_sums[step // p["log_every"]].copy_(block)
+                block.zero_()
             if hook is not None and (step + 1) % p["log_every"] == 0 and step + 1 < T:
                 hook(lambda: {"step": step + 1, "opt": opt.state_dict(), "log_sums": log_sums,
                               "samplers": [s.state() for s in samplers], "rng": checkpoint.rng_state(device),
@@ -393,6 +425,11 @@ class GroupSampler:
         out = self.perm[self.pos * self.b : (self.pos + 1) * self.b]
         self.pos += 1
         return out
+
+
+def _graphs_on(device) -> bool:
+    """Replay the training steps as CUDA graphs (``--cuda-graphs``, :mod:`methods._step_graph`)."""
+    return execution.cuda_graphs() and torch.device(device).type == "cuda"
 
 
 class _Progress:
