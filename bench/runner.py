@@ -247,6 +247,11 @@ def save(store: RecordStore, cell: Cell, record: dict, arrays: dict, options: Ru
     path = checkpoint_path(options, cell)
     if path is not None and record.get("status") in ("ok", "not_applicable") and path.exists():
         path.unlink()
+        for folder in (path.parent, path.parent.parent):  # method and dataset folders, once empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 @dataclass

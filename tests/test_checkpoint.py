@@ -132,4 +132,4 @@ def test_runner_resumes_a_killed_cell_and_removes_its_checkpoint(tmp_path, monke
     np.testing.assert_array_equal(store.labels(record), reference.labels(expected))
     assert record["resumed_after_seconds"] > 0
     assert record["train_seconds"] >= record["resumed_after_seconds"]
-    assert not path.exists()
+    assert not path.exists() and not path.parent.exists()  # no empty folders left behind
