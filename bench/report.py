@@ -99,12 +99,12 @@ def dataset_table(df: pd.DataFrame, bound: float | None) -> str:
     headers = ["method", "seeds"] + [
         f"Bal (≤{100 * bound:.1f})" if k == "balance" and bound is not None else label for k, label, _ in HEADLINE
     ] + ["train s", "device"]
-    rows = []
+    rows, notes = [], []
     for _, r in summary.iterrows():
-        if r.n_ok == 0:
+        if r.n_ok == 0:  # the reason goes under the table, so that the columns stay narrow
             status = "n/a" if r.n_na and not r.n_failed else "**failed**"
-            note = "; ".join(r.errors)[:120]
-            rows.append([r.method, f"0/{n_seeds}", f"{status}: {note}"] + [""] * (len(HEADLINE) - 1) + ["", ""])
+            notes.append(f"- {r.method}: {status}: {'; '.join(r.errors)[:300]}")
+            rows.append([r.method, f"0/{n_seeds}", status] + [""] * (len(HEADLINE) - 1) + ["", ""])
             continue
         seeds = f"{r.n_ok}/{n_seeds}" + (f" ({r.n_failed} failed)" if r.n_failed else "")
         cells = []
@@ -112,7 +112,8 @@ def dataset_table(df: pd.DataFrame, bound: float | None) -> str:
             text = _fmt(*r[k], digits=2 if k == "entropy" else 1)
             cells.append(f"**{text}**" if r.method_key in best.get(k, ()) else text)
         rows.append([r.method, seeds] + cells + [_fmt(*r["time"], digits=1), r["device"]])
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return table + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:
