@@ -92,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="long trainings save their state at most this often under OUT/checkpoints, and a cell "
                    "killed part-way resumes from it on the next run (default 300; 0: no checkpoints)")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="experimental: FCMI and AE replay their training step as a CUDA graph (GPU only)")
+                   help="experimental: FCMI, AE and DFC replay their training steps as CUDA graphs (GPU only)")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also store each run's embedding beside its labels (megabytes a run on the image sets)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")

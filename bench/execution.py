@@ -3,7 +3,8 @@ order of floating-point work but not the method, so they are recorded with each 
 its device) and are not part of the cell's identity.
 
 * ``cuda_graphs`` (``--cuda-graphs``, off by default, experimental): training loops that
-  support it replay their step as a CUDA graph (:mod:`methods._fcmi_graph`).
+  support it replay their step as a CUDA graph (:mod:`methods._step_graph`: FCMI's loop, so
+  FCMI and AE, and DFC's three loops).
 """
 from __future__ import annotations
 

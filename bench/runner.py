@@ -176,7 +176,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
     }
     arrays: dict = {}
     start = time.perf_counter()
-    ckpt = checkpoint.Checkpoint(checkpoint_path(options, cell), cell.cell_id, options.checkpoint_every_s)
+    ckpt = None
     try:
         device = resolve_device(options.device)
         record["device"] = device_name(device)
@@ -190,6 +190,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
         method.check_applicable(inp)
         record["attributes_used"] = [a.name for a in inp.attributes]
         seed_everything(cell.seed)
+        ckpt = checkpoint.Checkpoint(checkpoint_path(options, cell), cell.cell_id, options.checkpoint_every_s)
         t0 = time.perf_counter()
         with checkpoint.active(ckpt), execution.settings(cuda_graphs=options.cuda_graphs):
             out = method.fit(inp, cell.seed, device)
@@ -215,7 +216,8 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
     except Exception as exc:  # noqa: BLE001 - a failed cell is data, not a crash
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=20))
-        ckpt.clear()  # the method itself failed: its retry starts afresh
+        if ckpt is not None:  # the training itself failed: its retry starts afresh
+            ckpt.clear()
     record["wall_seconds"] = time.perf_counter() - start
     return record, arrays
 
