@@ -44,6 +44,7 @@ def test_list_shows_methods_and_datasets():
         (["--methods", "kmeans", "--datasets", "synthetic", "--plugin", "missing_file.py"], "plugin file"),
         (["--methods", "kmeans"], "give --methods and --datasets"),
         (["--report-only", "--out", "/nonexistent/folder"], "no records under"),
+        (["--methods", "kmeans", "--datasets", "synthetic", "--checkpoint-every", "-5"], "accepted: seconds >= 0"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
@@ -180,3 +181,34 @@ def test_our_datasets_package_wins_without_breaking_hugging_face_datasets(tmp_pa
     res = subprocess.run([sys.executable, "-c", "import datasets; print(datasets.HUGGING_FACE)"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.stdout.strip() == "True"
+
+
+def test_killed_mid_training_resumes_from_its_checkpoint_with_the_same_labels(tmp_path):
+    """kill -9 while a deep method trains; the same command continues the cell from its last
+    checkpoint and stores the labels an uninterrupted run gives."""
+    import json
+
+    import numpy as np
+
+    args = ["--methods", "fcmi", "--test-config", "--param", "epochs=60", "--seeds", "0", "--no-figures", *SMALL]
+    reference = cli(*args, "--out", tmp_path / "ref", "--checkpoint-every", "0")
+    assert reference.returncode == 0, reference.stderr
+    cmd = [sys.executable, str(ROOT / "run_benchmark.py"), *args, "--out", str(tmp_path / "out"),
+           "--checkpoint-every", "0.05"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 120
+    while not list((tmp_path / "out").rglob("seed0.pt")):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list((tmp_path / "out").rglob("seed0.json")), "the cell finished before the kill"
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert res.returncode == 0, res.stderr
+    (record_path,) = (tmp_path / "out").rglob("seed0.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "ok" and record["resumed_after_seconds"] > 0
+    (ref_labels,) = (tmp_path / "ref").rglob("seed0.npz")
+    np.testing.assert_array_equal(np.load(record_path.with_suffix(".npz"))["labels"], np.load(ref_labels)["labels"])
+    assert not list((tmp_path / "out").rglob("*.pt")) and not list((tmp_path / "out").rglob("*.tmp"))
