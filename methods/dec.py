@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import Method, MethodOutput, ParameterError, register_method
+from bench import Method, MethodOutput, ParameterError, checkpoint, register_method
 from bench.kmeans import kmeans
 
 from ._fcmi_loop import embed_all
@@ -83,9 +83,13 @@ def train_dec(
     tol: float,
     alpha: float = 1.0,
     eval_batch_size: int = 0,
+    resume: dict | None = None,
+    hook=None,
 ):
     """DEC's clustering phase on the encoder of ``model``; returns (q of all samples in eval
-    mode, centroids, history). ``X`` lies on the training device."""
+    mode, centroids, history). ``X`` lies on the training device. ``resume``: a state that
+    ``hook`` was offered after an epoch (:mod:`bench.checkpoint`); the run continues from it
+    exactly (weights, centroids, SGD momentum, batch generator, target, last labels)."""
     device = X.device
     eval_bs = eval_batch_size or (16384 if device.type == "cuda" else 2048)
     mu = nn.Parameter(centroids.detach().clone().float().to(device))
@@ -94,9 +98,18 @@ def train_dec(
     n = X.shape[0]
     b = min(batch_size, n)
     n_batches = n // b
-    history, iteration, previous, stop = [], 0, None, False
+    history, iteration, previous, stop, start = [], 0, None, False, 0
     target = None
-    for epoch in range(epochs):
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        with torch.no_grad():
+            mu.copy_(resume["mu"])
+        optimiser.load_state_dict(resume["optimiser"])
+        gen.set_state(resume["generator"])
+        history, iteration, start = list(resume["history"]), int(resume["iteration"]), int(resume["epoch"])
+        previous = None if resume["previous"] is None else resume["previous"].to(device)
+        target = None if resume["target"] is None else resume["target"].to(device)
+    for epoch in range(start, epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)[: n_batches * b].view(n_batches, b)
         loss_sum = torch.zeros((), device=device)
@@ -131,6 +144,10 @@ def train_dec(
         history.append(row)
         if stop:
             break
+        if hook is not None and epoch + 1 < epochs:
+            hook(lambda: {"epoch": epoch + 1, "model": model.state_dict(), "mu": mu.detach(),
+                          "optimiser": optimiser.state_dict(), "generator": gen.get_state(), "history": history,
+                          "iteration": iteration, "previous": previous, "target": target})
     with torch.no_grad():
         q_all = student_t_assignment(embed_all(model, X, eval_bs), mu, alpha)
     return q_all, mu.detach(), history
@@ -186,21 +203,32 @@ class DEC(Method):
         p = self.params
         device = torch.device(device)
         model = build_single_decoder_ae(p, data, seed)
-        pre = pretrain_autoencoder(model, p, data, seed, device, p["pretrain_epochs"])
         X = torch.as_tensor(data.X, dtype=torch.float32).to(device)
-        h = torch.as_tensor(pre.embedding).to(device)
-        centroids, _ = kmeans(
-            h, data.n_clusters, n_iter=p["kmeans_iter"], n_init=p["kmeans_restarts"], seed=seed,
-            max_points_per_centroid=p["kmeans_max_points_per_centroid"],
-        )
+        ckpt = checkpoint.current()  # resumable: the clustering phase saves "dec" (and the pretraining its own)
+        saved = ckpt.load("dec")
+        if saved is None:
+            pre = pretrain_autoencoder(model, p, data, seed, device, p["pretrain_epochs"])
+            h = torch.as_tensor(pre.embedding).to(device)
+            centroids, _ = kmeans(
+                h, data.n_clusters, n_iter=p["kmeans_iter"], n_init=p["kmeans_restarts"], seed=seed,
+                max_points_per_centroid=p["kmeans_max_points_per_centroid"],
+            )
+            pre_history = [{"phase": 0.0, **{k: v for k, v in r.items() if k in ("epoch", "rec", "time_s")}}
+                           for r in pre.history]
+        else:
+            centroids, pre_history = saved["centroids"], saved["pre_history"]
+
+        def hook(make_state):
+            if ckpt.due():
+                ckpt.save("dec", {**make_state(), "centroids": centroids, "pre_history": pre_history})
+
         q, _, dec_history = train_dec(
             model, X, centroids.to(device), seed=seed, epochs=p["epochs"], batch_size=p["batch_size"],
             lr=p["dec_lr"], momentum=p["dec_momentum"], update_interval=p["update_interval"], tol=p["tol"],
-            alpha=p["alpha"],
+            alpha=p["alpha"], resume=saved, hook=hook if ckpt.enabled else None,
         )
         embedding = embed_all(model, X, 16384 if device.type == "cuda" else 2048)
-        history = [{"phase": 0.0, **{k: v for k, v in r.items() if k in ("epoch", "rec", "time_s")}} for r in pre.history]
-        history += [{"phase": 1.0, **r} for r in dec_history]
+        history = pre_history + [{"phase": 1.0, **r} for r in dec_history]
         return MethodOutput(
             labels=q.argmax(1).cpu().numpy().astype(np.int64),
             embedding=embedding.cpu().numpy().astype(np.float32),

@@ -82,6 +82,12 @@ def test_fcmi_style_methods_resume_exactly(tmp_path, synthetic2, name, params):
     _check_every_stop(tmp_path, name, synthetic2, epochs=4, warmup_epochs=1, **params)
 
 
+def test_dec_resumes_exactly_in_pretraining_and_clustering(tmp_path, synthetic2):
+    """AE pretraining (FCMI's loop), then DEC's own loop with its periodic target and SGD."""
+    saves = _check_every_stop(tmp_path, "dec", synthetic2, pretrain_epochs=3, epochs=5, update_interval=3, tol=0.0)
+    assert saves >= 6
+
+
 def test_dfc_resumes_exactly_from_every_phase(tmp_path, synthetic2):
     """Pooled VAE, each group's VAE and DEC teacher, and the DFC iterations: stopped inside
     each and at each boundary, then resumed."""
