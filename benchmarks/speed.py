@@ -9,6 +9,10 @@ method with a short schedule and prints seconds per epoch, total training time (
 writes the rows, to compare before and after a change. Methods or datasets that are not
 registered (yet), or that cannot be timed, are reported and skipped.
 
+``--cuda-graphs`` times the graph-replay execution mode; ``--processes N`` runs N copies at
+once (the load of ``run_benchmark.py --jobs N``) and sums their samples/s; ``--profile ROWS``
+prints what a fit's time goes to.
+
 * Epoch-based methods (an ``epochs`` parameter, e.g. fcmi, infomin-*): ``epochs`` is set to
   ``--epochs`` and ``warmup_epochs`` (if declared and not given with ``--param``) to 0, so
   that every timed epoch is a full one (FCMI: k-means + training pass); the epochs are
@@ -59,6 +63,9 @@ def parse_args(argv=None):
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
                     help="after timing, profile one more fit of each method and print its ROWS most costly ops "
                     "(by time on the GPU, else on the CPU): what a step is spent on")
+    ap.add_argument("--processes", type=int, default=1, metavar="N",
+                    help="run N copies of this measurement at once (seeds seed..seed+N-1) and print each one's row "
+                    "and their combined samples/s: the throughput of N cells sharing the device (--jobs N)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return ap.parse_args(argv)
@@ -149,8 +156,49 @@ def profile_fit(method_cls, data, args, device) -> None:
     print(f"profile totals: self CPU {cpu_s:.2f} s, self GPU {gpu_s:.2f} s")
 
 
+def run_concurrently(args, argv) -> int:
+    """N copies of this script at once, one per seed; each writes its rows to a JSON file.
+    Prints every row and, per (method, dataset), the copies' summed samples/s."""
+    import subprocess
+    import tempfile
+
+    argv = list(argv if argv is not None else sys.argv[1:])
+    base = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")]
+    base = [a for i, a in enumerate(base) if a != "--seed" and (i == 0 or base[i - 1] != "--seed")]
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for k in range(args.processes):
+            out = Path(tmp) / f"p{k}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--seed", str(args.seed + k), "--json", str(out)]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out))
+        rows = []
+        for proc, out in procs:
+            _, err = proc.communicate()
+            if proc.returncode != 0 or not out.exists():
+                print(f"a copy failed (exit {proc.returncode}): {err.strip().splitlines()[-1:] }", file=sys.stderr)
+                continue
+            rows += json.loads(out.read_text())
+    if not rows:
+        return 1
+    combined = {}
+    for r in rows:
+        combined.setdefault((r["method"], r["dataset"]), []).append(r)
+    table = [[m, d, len(rs), f"{statistics.median(r['s_per_epoch'] for r in rs):.3f}",
+              f"{sum(r['samples_per_s'] for r in rs):.0f}",
+              "-" if rs[0]["peak_gpu_MiB"] is None else f"{max(r['peak_gpu_MiB'] for r in rs):.0f}"]
+             for (m, d), rs in combined.items()]
+    print(f"{args.processes} processes at once; cuda_graphs={bool(args.cuda_graphs)}")
+    print(tabulate(table, headers=["method", "dataset", "copies", "median s/epoch", "summed samples/s",
+                                   "peak GPU MiB (one copy)"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.processes > 1:
+        return run_concurrently(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
