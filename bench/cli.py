@@ -238,7 +238,7 @@ def _main(argv) -> int:
     cells = build_grid(method_specs, dataset_specs, seeds)
     options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
                          save_embeddings=args.save_embeddings,
-                         checkpoint_dir=str(out / "checkpoints") if args.checkpoint_every > 0 else None,
+                         checkpoint_dir=str((out / "checkpoints").resolve()) if args.checkpoint_every > 0 else None,
                          checkpoint_every_s=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
     try:
         summary = run_grid(cells, store, options, executor=args.executor, address=args.address, force=args.force,
