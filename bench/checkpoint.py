@@ -26,7 +26,9 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-__all__ = ["Checkpoint", "current", "active", "rng_state", "set_rng_state", "to_cpu"]
+from .store import atomic_write_bytes
+
+__all__ = ["Checkpoint", "current", "active", "discard", "rng_state", "set_rng_state", "to_cpu"]
 
 
 class Checkpoint:
@@ -81,17 +83,27 @@ class Checkpoint:
         buf = io.BytesIO()
         seconds = self.prior_seconds + time.monotonic() - self._started
         torch.save({"cell_id": self.cell_id, "stages": stages, "seconds": seconds}, buf)
-        from .store import atomic_write_bytes  # the store's atomic rename, one place for it
-
         atomic_write_bytes(self.path, buf.getvalue())
         self._last_save = time.monotonic()
         self.saves += 1
 
     def clear(self) -> None:
-        """Forget every stage and delete the file (the cell is finished)."""
+        """Forget every stage and delete the file (:func:`discard`)."""
         self._stages = {}
-        if self.enabled and self.path.exists():
-            self.path.unlink()
+        if self.enabled:
+            discard(self.path)
+
+
+def discard(path: Path) -> None:
+    """Delete a checkpoint file, then its method and dataset folders once they are empty."""
+    if not path.exists():
+        return
+    path.unlink()
+    for folder in (path.parent, path.parent.parent):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 _DISABLED = Checkpoint()

@@ -247,13 +247,8 @@ def save(store: RecordStore, cell: Cell, record: dict, arrays: dict, options: Ru
         store.put_truth(cell.dataset.key, *arrays["truth"])
     store.put(cell, record, labels=arrays.get("labels"), embedding=arrays.get("embedding"))
     path = checkpoint_path(options, cell)
-    if path is not None and record.get("status") in ("ok", "not_applicable") and path.exists():
-        path.unlink()
-        for folder in (path.parent, path.parent.parent):  # method and dataset folders, once empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+    if path is not None and record.get("status") in ("ok", "not_applicable"):
+        checkpoint.discard(path)
 
 
 @dataclass

@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._step_graph import CapturedStep
-
-__all__ = ["masked_decode", "graph_supported", "GraphedStep"]
+__all__ = ["masked_decode", "graph_supported"]
 
 
 def masked_decode(model, h: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -46,30 +44,3 @@ def graph_supported(model, device: torch.device, penalty_is_fcmi_or_none: bool) 
         return False
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.group_decoders.modules())
     return len(model.group_decoders) == 1 or not has_bn
-
-
-class GraphedStep:
-    """One training step of :func:`methods._fcmi_loop.train_fcmi_style` as a CUDA graph.
-
-    ``loss_terms(x, g)`` is the loop's step body up to the loss: it returns the stacked
-    logged terms, the loss first. The graph runs it, ``backward`` and the optimiser step, and
-    adds the terms to ``sums``; the batch's rows are read from a fixed index buffer that
-    :meth:`run` fills before each replay (:class:`methods._step_graph.CapturedStep`)."""
-
-    def __init__(self, model: nn.Module, optimiser: torch.optim.Optimizer, X: torch.Tensor, groups: torch.Tensor,
-                 batch_size: int, loss_terms, sums: torch.Tensor):
-        self.index = torch.arange(batch_size, device=X.device) % X.shape[0]
-
-        def body():
-            idx = self.index
-            terms = loss_terms(X[idx], groups[idx])
-            terms[0].backward()
-            optimiser.step()
-            sums.add_(terms.detach())
-
-        self.step = CapturedStep(body, [model], optimiser, [sums], capture=True)
-
-    def run(self, index: torch.Tensor) -> None:
-        """One step on the rows ``index`` (a device tensor of ``batch_size`` indices)."""
-        self.index.copy_(index)
-        self.step.run()

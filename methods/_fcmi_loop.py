@@ -28,7 +28,8 @@ from torch import nn
 from bench import checkpoint, execution
 from bench.kmeans import kmeans
 
-from ._fcmi_graph import GraphedStep, graph_supported, masked_decode
+from ._fcmi_graph import graph_supported, masked_decode
+from ._step_graph import CapturedStep
 
 __all__ = [
     "soft_assignment",
@@ -222,7 +223,7 @@ def train_fcmi_style(
 
     ``cuda_graph`` (opt-in, CUDA only; None: the runner's ``--cuda-graphs``,
     :mod:`bench.execution`): capture the step once per kind of epoch and replay it for every
-    batch (:mod:`methods._fcmi_graph`); used only with FCMI's fairness term (or none), without
+    batch (:mod:`methods._fcmi_graph`, :mod:`methods._step_graph`); used only with FCMI's fairness term (or none), without
     ``amp``, and with one decoder or group decoders without BatchNorm, else the loop is eager.
 
     Resumable (:mod:`bench.checkpoint`): when the runner's checkpoint for the cell is due, the
@@ -277,11 +278,24 @@ def train_fcmi_style(
                 loss = loss + beta * fair
         return torch.stack([loss, rec, hcx, hc, mi, fair])
 
-    def masked_decoder(h, g):
-        return masked_decode(model, h, g)
-
-    graphs, graph_centroids = {}, None
+    # One step per kind of epoch (warm-up, clustering), reading its batch from fixed buffers:
+    # run eagerly, or captured once and replayed as a CUDA graph (methods._step_graph).
+    index = torch.zeros(min(batch_size, Xd.shape[0]), dtype=torch.long, device=device)
     sums = torch.zeros(len(HISTORY_KEYS), device=device)
+    batch_sizes: list = []  # eager decoding: the batch's group sizes (host ints)
+    steps, step_centroids = {}, None
+
+    def decode(h, g):
+        return masked_decode(model, h, g) if use_graph else model.decode_sorted(h, batch_sizes)
+
+    def make_step(cents, clustering):
+        def body():
+            terms = loss_terms(Xd[index], Gd[index], cents, clustering, decode)
+            terms[0].backward()
+            optimiser.step()
+            sums.add_(terms.detach())
+        return CapturedStep(body, [model], optimiser, [sums], capture=use_graph)
+
     history, centroids, start = [], None, 0
     ckpt = checkpoint.current()
     saved = ckpt.load(checkpoint_stage)
@@ -305,26 +319,14 @@ def train_fcmi_style(
         model.train()
         batches, counts = _epoch_batches(Gd, n_groups, batch_size, gen)
         sums.zero_()
-        if use_graph:  # one captured step per kind of epoch, replayed for every batch
-            if clustering and graph_centroids is None:
-                graph_centroids = centroids.clone()
-            if clustering:
-                graph_centroids.copy_(centroids)
-            if clustering not in graphs:
-                cents = graph_centroids if clustering else None
-                graphs[clustering] = GraphedStep(
-                    model, optimiser, Xd, Gd, batches.shape[1],
-                    lambda x, g, c=cents, k=clustering: loss_terms(x, g, c, k, masked_decoder), sums)
-            for b in range(batches.shape[0]):
-                graphs[clustering].run(batches[b])
-        for b in range(0 if use_graph else batches.shape[0]):
-            idx = batches[b]
-            sizes = [idx.shape[0]] if single_decoder else counts[b]
-            terms = loss_terms(Xd[idx], Gd[idx], centroids, clustering, lambda h, g: model.decode_sorted(h, sizes))
-            optimiser.zero_grad(set_to_none=True)
-            terms[0].backward()
-            optimiser.step()
-            sums += terms.detach()
+        if clustering:
+            step_centroids = centroids.clone() if step_centroids is None else step_centroids.copy_(centroids)
+        if clustering not in steps:
+            steps[clustering] = make_step(step_centroids if clustering else None, clustering)
+        for b in range(batches.shape[0]):
+            index.copy_(batches[b])
+            batch_sizes[:] = [index.shape[0]] if single_decoder else counts[b]
+            steps[clustering].run()
         means = (sums / batches.shape[0]).tolist()  # the epoch's synchronisation
         row = {"epoch": float(epoch), **dict(zip(HISTORY_KEYS, means))}
         row.update({k: float(v) for k, v in extra.items()})
