@@ -1,9 +1,9 @@
 """k-means on CPU or GPU: faiss when installed, otherwise a torch implementation.
 
-Both follow faiss' recipe (what FCMI uses per epoch): ``n_init`` restarts of Lloyd's
-algorithm from centroids drawn uniformly among the points, each trained on at most
-``max_points_per_centroid * k`` sampled points, keeping the restart with the lowest
-inertia; then every point is assigned to its nearest centroid.
+Both follow faiss' recipe (what FCMI uses per epoch): one sample of at most
+``max_points_per_centroid * k`` points, shared by ``n_init`` restarts of Lloyd's algorithm
+from centroids drawn uniformly among the sampled points, keeping the restart with the lowest
+inertia on that sample; then every point is assigned to its nearest centroid.
 """
 from __future__ import annotations
 
@@ -83,24 +83,26 @@ _BATCH_BUDGET = 2**26
 def _torch_kmeans(X, k, n_iter, n_init, seed, max_ppc, spherical):
     """Lloyd's algorithm for all restarts at once (a batch of independent problems), so that
     an iteration is a handful of kernels whatever ``n_init``: no per-restart Python loop and
-    one host synchronisation per 10 iterations (the convergence check). Each restart draws
-    its own sample of at most ``max_ppc``·k points and its own initial centroids from a CPU
-    generator seeded with ``seed`` (the same labels on every run)."""
+    one host synchronisation per 10 iterations (the convergence check).
+
+    As in faiss (``Clustering::train``), ONE sample of at most ``max_ppc``·k points is drawn
+    and shared by every restart, so that the restarts' inertias are measured on the same
+    points and the lowest one picks the best restart; each restart draws its own initial
+    centroids among the sample. The random draws come from a CPU generator seeded with
+    ``seed`` (the same labels on every run)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     n, device = X.shape[0], X.device
     R = max(1, n_init)
     m = min(n, k * max_ppc)
+    rows = torch.randperm(n, generator=gen)[:m].to(device) if m < n else None
+    sample = X if rows is None else X[rows]                           # (m, d), shared
     per_chunk = max(1, _BATCH_BUDGET // max(1, m * k))
     best_C, best_inertia = [], []
     for first in range(0, R, per_chunk):
         r = min(per_chunk, R - first)
-        if m < n:
-            rows = torch.stack([torch.randperm(n, generator=gen)[:m] for _ in range(r)])
-        else:
-            rows = torch.arange(n).expand(r, n)
-        init = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(r)])
-        S = X[rows.to(device)]                                        # (r, m, d)
-        C = torch.gather(S, 1, init.to(device)[:, :, None].expand(r, k, S.shape[2])).clone()
+        init = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(r)]).to(device)
+        S = sample.expand(r, m, sample.shape[1])                      # (r, m, d), a view
+        C = sample[init]                                              # (r, k, d)
         C, inertia = _lloyd_batched(S, C, n_iter, spherical, gen)
         best_C.append(C)
         best_inertia.append(inertia)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import checkpoint, execution
+from bench import ParameterError, checkpoint, execution
 from bench.kmeans import kmeans
 
 from ._fcmi_graph import graph_supported, masked_decode
@@ -151,6 +151,29 @@ def _epoch_batches(groups: torch.Tensor, n_groups: int, batch_size: int, gen: to
     return perm, counts.cpu().tolist()
 
 
+KMEANS_SEEDS = ("epoch", "fixed", "a non-negative integer")
+
+
+def kmeans_seed_schedule(kmeans_seed: str, seed: int):
+    """epoch -> the seed of that epoch's k-means (see ``kmeans_seed`` in train_fcmi_style)."""
+    value = str(kmeans_seed)
+    if value == "epoch":
+        return lambda epoch: int(seed) * 100_003 + epoch
+    if value == "fixed":
+        return lambda epoch: int(seed) * 100_003
+    if value.isdigit():
+        return lambda epoch: int(value)
+    raise ValueError(f"kmeans_seed must be one of {', '.join(KMEANS_SEEDS)}; got {kmeans_seed!r}")
+
+
+def check_kmeans_seed(method: str, value) -> None:
+    """One-line ParameterError for a bad ``kmeans_seed`` (the adapters' validation)."""
+    try:
+        kmeans_seed_schedule(value, 0)
+    except ValueError:
+        raise ParameterError(f"{method}: kmeans_seed must be one of {', '.join(KMEANS_SEEDS)}; got {value!r}") from None
+
+
 @dataclass
 class TrainResult:
     labels: np.ndarray
@@ -184,6 +207,7 @@ def train_fcmi_style(
     kmeans_restarts: int = 10,
     kmeans_max_points_per_centroid: int = 1000,
     kmeans_backend: str = "auto",
+    kmeans_seed: str = "epoch",
     final_centroids: str = "refit",
     eval_batch_size: int = 0,
     amp: bool = False,
@@ -200,8 +224,11 @@ def train_fcmi_style(
        ``kmeans_max_points_per_centroid``·K sampled points; :func:`bench.kmeans.kmeans`, faiss
        on the CPU, torch or faiss-gpu on a GPU) and fix the L2-normalised centroids μ for the
        epoch. The original also runs it during warm-up, where the centroids only feed its
-       logging; we skip those runs (training is unchanged). k-means is seeded by
-       (``seed``, epoch) rather than faiss' fixed 1234, so seeds vary the whole run.
+       logging; we skip those runs (training is unchanged). ``kmeans_seed``: ``"epoch"``
+       (default) seeds k-means by (``seed``, epoch), so every epoch draws a fresh sample and
+       fresh initial centroids; ``"fixed"`` uses one seed per run for every epoch (the same
+       sample and initial points each epoch, as the original's faiss, whose seed 1234 is
+       fixed, §2.1); a number uses that seed for every epoch and run ("1234": the original's).
     2. one pass over shuffled batches (drop_last) with Adam(lr): loss
        ``reconstruction_weight``·MSE(x, x̂) [+ α·(H(C|X) − H(C)) + β·penalty after warm-up],
        x̂ by the decoder of each sample's group.
@@ -253,7 +280,7 @@ def train_fcmi_style(
     # fused: one kernel per step on CUDA; capturable: its step count lives on the GPU (graphs)
     optimiser = torch.optim.Adam(params, lr=lr, fused=device.type == "cuda", capturable=use_graph)
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    kseed = lambda epoch: int(seed) * 100_003 + epoch  # noqa: E731  per-epoch k-means seed
+    kseed = kmeans_seed_schedule(kmeans_seed, seed)
     km = dict(n_iter=kmeans_iter, n_init=kmeans_restarts, max_ppc=kmeans_max_points_per_centroid, backend=kmeans_backend)
     single_decoder = getattr(model, "n_decoders", n_groups) == 1
 

@@ -35,7 +35,7 @@ __all__ = ["JointCoding", "PrimaryDecoderView", "StepRecorder", "train_multi_att
 #: Method parameters passed through to :func:`methods._fcmi_loop.train_fcmi_style`.
 LOOP_KEYS = (
     "epochs", "batch_size", "lr", "warmup_epochs", "temperature", "kmeans_iter", "kmeans_restarts",
-    "kmeans_max_points_per_centroid", "kmeans_backend", "final_centroids", "amp",
+    "kmeans_max_points_per_centroid", "kmeans_backend", "kmeans_seed", "final_centroids", "amp",
 )
 
 

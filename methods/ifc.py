@@ -12,7 +12,7 @@ from .infomin import build_backbone, validate_backbone
 
 #: FCMI's network and k-means settings, which IFC reuses unchanged.
 _SHARED_WITH_FCMI = ("embed_dim", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid",
-                     "kmeans_backend", "final_centroids", "arch", "width", "amp")
+                     "kmeans_backend", "kmeans_seed", "final_centroids", "arch", "width", "amp")
 
 
 @register_method

@@ -12,6 +12,7 @@ import torch
 from bench import Method, MethodOutput, ParameterError, register_method
 
 from ._estimators import make_estimator
+from ._fcmi_loop import check_kmeans_seed
 from .fcmi import FCMI
 from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
 from ._nets import build_autoencoder
@@ -41,6 +42,7 @@ def validate_backbone(name: str, p: dict) -> None:
             raise ParameterError(f"{name}: {key} must be > 0")
     if p["embed_dim"] != "n_clusters" and not (str(p["embed_dim"]).isdigit() and int(p["embed_dim"]) > 0):
         raise ParameterError(f"{name}: embed_dim must be 'n_clusters' or a positive integer")
+    check_kmeans_seed(name, p["kmeans_seed"])
     for key, accepted in CHOICES.items():
         if key in p and p[key] not in accepted:
             raise ParameterError(f"{name}: {key} must be one of {', '.join(accepted)}")

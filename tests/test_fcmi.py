@@ -15,6 +15,7 @@ from methods._fcmi_loop import (
     cluster_group_table,
     conditional_entropy,
     hard_mi,
+    kmeans_seed_schedule,
     train_fcmi_style,
 )
 from methods._nets import build_autoencoder
@@ -158,3 +159,32 @@ def test_many_groups_and_pluggable_penalty():
     assert out.labels.shape == (300,) and 0 <= out.labels.min() and out.labels.max() < 3
     assert penalty.calls == 2 * (300 // 64) and 0 < penalty.w.item() < 1
     assert all(np.isfinite(v) for row in out.history for v in row.values())
+
+
+@pytest.mark.parametrize("value, same_every_epoch", [("epoch", False), ("fixed", True), ("1234", True)])
+def test_kmeans_seed_fixes_the_per_epoch_kmeans_as_the_originals_faiss_does(value, same_every_epoch):
+    """With the network frozen, each epoch embeds the same points; a fixed k-means seed
+    (the original's faiss seed 1234 is fixed, fcmi.md 2.1) then finds the same clustering every
+    epoch, while per-epoch seeds draw other samples and starts and find others."""
+    data = registry.datasets.get("synthetic")(n_samples=600, n_groups=2, n_features=6, n_clusters=6).load()
+    torch.manual_seed(0)
+    model = build_autoencoder((6,), 6, 2, width=0.05)
+    for module in model.modules():  # frozen: no step (lr 0) and no BatchNorm statistics either
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.momentum = 0.0
+    out = train_fcmi_style(
+        model, data.X, data.groups[:, 0], 6, seed=0, device=CPU, epochs=8, warmup_epochs=1, lr=0.0,
+        batch_size=64, kmeans_iter=3, kmeans_restarts=1, kmeans_max_points_per_centroid=10,
+        kmeans_backend="torch", kmeans_seed=value,
+    )
+    mis = {round(row["kmeans_mi"], 12) for row in out.history if "kmeans_mi" in row}
+    assert (len(mis) == 1) == same_every_epoch, mis
+    schedule = kmeans_seed_schedule(value, 3)
+    assert (schedule(5) == schedule(6)) == same_every_epoch
+    assert (schedule(5) == kmeans_seed_schedule(value, 4)(5)) == (value == "1234")  # seeds vary runs
+
+
+def test_bad_kmeans_seed_is_refused_in_one_line():
+    for name in ("fcmi", "ifc", "infomin-slice"):
+        with pytest.raises(ParameterError, match=f"{name}: kmeans_seed must be one of epoch, fixed"):
+            registry.methods.get(name)(kmeans_seed="sometimes")

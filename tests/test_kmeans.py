@@ -43,3 +43,27 @@ def test_bad_cluster_count_is_refused():
         kmeans(np.zeros((5, 2), np.float32), 0)
     with pytest.raises(ValueError, match="unknown k-means backend"):
         kmeans(np.zeros((5, 2), np.float32), 2, backend="sklearn")
+
+
+def test_restarts_share_one_sample_and_the_lowest_inertia_on_it_wins(monkeypatch):
+    """faiss' recipe: the restarts are trained on the SAME subsample, so their inertias are
+    comparable; the returned centroids are those of the restart with the lowest one."""
+    import bench.kmeans as km
+
+    X, _ = _blobs(n=5000, k=4, seed=2)
+    seen = []
+    real = km._lloyd_batched
+
+    def spy(S, C, *args):
+        C_out, inertia = real(S, C, *args)
+        seen.append((S.clone(), C_out.clone(), inertia.clone()))
+        return C_out, inertia
+
+    monkeypatch.setattr(km, "_lloyd_batched", spy)
+    C, _ = km.kmeans(torch.from_numpy(X), 6, backend="torch", seed=5, n_init=8, max_points_per_centroid=100)
+    S = torch.cat([s for s, _, _ in seen])
+    assert S.shape[0] == 8 and S.shape[1] == 600 < X.shape[0]     # a subsample, one per restart...
+    assert all(torch.equal(S[0], S[i]) for i in range(1, 8))       # ...and the same one for all
+    inertia = torch.cat([i for _, _, i in seen])
+    assert inertia.unique().numel() > 1                             # the restarts did differ
+    torch.testing.assert_close(C, torch.cat([c for _, c, _ in seen])[inertia.argmin()])
