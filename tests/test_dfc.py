@@ -176,6 +176,21 @@ def test_input_conversion():
     assert torch.equal(padded[:, :, 2:30, 2:30], u)
 
 
+def test_padding_fills_the_frame_with_each_images_background():
+    """dfc.md §7: the digit fills about 28 of 32 px. Black frame for MNIST-style digits, white
+    for reversed ones (pad, then reverse), and a stroke touching the border is not extended."""
+    digit = torch.zeros(28, 28)
+    digit[5:23, 12:16] = 1.0
+    digit[0:10, 20] = 0.8                     # a USPS-like stroke that reaches the top edge
+    x = torch.stack([digit, 1 - digit])[:, None]
+    padded = to_32(x, "pad")
+    assert padded.shape == (2, 1, 32, 32) and torch.equal(padded[:, :, 2:30, 2:30], x)
+    frame = torch.ones(32, 32, dtype=torch.bool)
+    frame[2:30, 2:30] = False
+    assert (padded[0, 0][frame] == 0).all() and (padded[1, 0][frame] == 1).all()
+    assert DFC.parameters["resize"] == "pad"
+
+
 def test_validation():
     with pytest.raises(ParameterError, match="divergence"):
         DFC(divergence="KS")
