@@ -35,7 +35,7 @@ dfc.md §3.1, and their weights cannot be used here, so every run pretrains from
    MLRC reproduction's VAE), Adam 1e-3, batch 256; Bernoulli reconstruction for images,
    unit-Gaussian for flat features, plus the KL term;
 2. k-means (``bench.kmeans``, K = n_clusters, ``kmeans_n_init`` = 20 restarts as the second
-   MLRC reproduction) on the μ features: the initial centres (``init_centers="xavier"`` is the
+   MLRC reproduction, on all samples, not a subsample) on the μ features: the initial centres (``init_centers="xavier"`` is the
    reproduction's "no pretrained centres" ablation);
 3. one DEC teacher per group: a VAE pretrained on the group alone as in step 1
    (``teacher_init="group"``; ``"pooled"`` starts from a copy of the step-1 encoder instead),
@@ -247,7 +247,11 @@ class DFC(Method):
         return encoder, losses
 
     def _kmeans_centres(self, encoder, X, K, seed):
-        centres, _ = kmeans(embed(encoder, X), K, n_init=self.params["kmeans_n_init"], seed=seed)
+        """k-means on the μ features of EVERY sample (no faiss-style subsample: it runs once per
+        model, and the MLRC reproduction fitted sklearn's KMeans on all features)."""
+        h = embed(encoder, X)
+        centres, _ = kmeans(h, K, n_init=self.params["kmeans_n_init"], seed=seed,
+                            max_points_per_centroid=-(-h.shape[0] // K))
         return centres
 
     def _teacher_assignments(self, X, kind, recon, group_index, pooled, K, seed, device, history, progress):

@@ -310,6 +310,26 @@ def test_conv_path_on_28px_images_in_minus_one_one(digits):
     assert out.labels.shape == (80,) and out.labels.max() < 10
 
 
+def test_initial_and_teacher_centres_use_every_sample(digits, monkeypatch):
+    """k-means runs once per model here, on all μ features (the MLRC reproduction's KMeans), not
+    on the faiss-style subsample of at most 1,000 points per centroid used per epoch by FCMI."""
+    import methods.dfc as dfc_module
+
+    calls = []
+    real = dfc_module.kmeans
+
+    def spy(X, k, **kw):
+        calls.append((X.shape[0], k * kw.get("max_points_per_centroid", 1000)))
+        return real(X, k, **kw)
+
+    monkeypatch.setattr(dfc_module, "kmeans", spy)
+    many = dataclasses.replace(digits, X=np.tile(digits.X, (30, 1, 1, 1)), y=np.tile(digits.y, 30),
+                               groups=np.tile(digits.groups, (30, 1)))       # 12,000 > 10 × 1,000
+    _run(many, iters=2, pretrain_epochs=1, teacher_epochs=1, kmeans_n_init=1)
+    assert len(calls) == 3 and calls[0][0] == 12_000                 # pooled, then one per group
+    assert all(sample >= n for n, sample in calls)
+
+
 def test_many_groups_extension():
     data = registry.datasets.get("synthetic")(n_samples=240, n_features=6, n_clusters=3, n_groups=3).load()
     method = DFC(**{**TINY, "iters": 10, "batch_size": 32, "pretrain_epochs": 2, "teacher_epochs": 2, "log_every": 5})
