@@ -156,11 +156,17 @@ class LabelledData:
 class MethodOutput:
     """What :meth:`Method.fit` returns: a hard label for every sample (0..n_clusters-1),
     optionally an embedding (n, d) and a per-epoch history (list of dicts of floats, e.g.
-    losses; metrics computed with labels never belong here)."""
+    losses; metrics computed with labels never belong here).
+
+    ``stages`` optionally names the labels of every sample at intermediate points of the
+    training (e.g. DFC's k-means start and its per-group teachers): the runner stores them
+    beside the final labels and scores them like the final ones (the record's ``stages``), for
+    diagnosis only. They never choose what is reported: the final labels are the result."""
 
     labels: np.ndarray
     embedding: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _jsonable(value):

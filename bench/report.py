@@ -20,7 +20,7 @@ PERCENT = {"acc", "nmi", "ari", "balance", "ratio_balance", "mnce", "f1"}
 
 
 def _scale(key: str) -> float:
-    base = key.split("[")[0]
+    base = key.split("[")[0].split(":")[-1]  # "acc", "mnce[joint]", a stage's "warmup:acc"
     return 100.0 if base in PERCENT or base == "balance_worst" else 1.0
 
 
@@ -35,8 +35,15 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                "device": short_device(r.get("device", ""), r.get("jobs", 1))}
         for k, v in (r.get("metrics") or {}).items():
             row["m:" + k] = v
+        for stage, metrics in (r.get("stages") or {}).items():
+            for k in STAGE_METRICS:
+                row[f"m:{stage}:{k}"] = metrics.get(k, np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: What the intermediate-stage table shows (a stage scored like the final labels).
+STAGE_METRICS = ("acc", "nmi", "balance", "mnce")
 
 
 def short_device(name: str, jobs: int = 1) -> str:
@@ -147,6 +154,25 @@ def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:
     return table
 
 
+def stages_table(df: pd.DataFrame) -> str | None:
+    """The labels some methods keep from intermediate points of their training (e.g. FCMI's
+    warm-up clustering, DFC's k-means start), scored like the final ones: a diagnosis of where
+    a result comes from, never a result."""
+    stages = sorted({c.split(":")[1] for c in df.columns if c.startswith("m:") and c.count(":") == 2})
+    if not stages:
+        return None
+    keys = [f"{s}:{k}" for s in stages for k in STAGE_METRICS] + ["acc", "nmi"]
+    summary = _summary(df, keys)
+    headers = ["method", "stage", "seeds", "ACC", "NMI", "Bal", "MNCE", "final ACC", "final NMI"]
+    rows = []
+    for _, r in summary.iterrows():
+        for s in stages:
+            if r[f"{s}:acc"][2]:
+                rows.append([r.method, s, str(r[f"{s}:acc"][2])] + [_fmt(*r[f"{s}:{k}"]) for k in STAGE_METRICS]
+                            + [_fmt(*r["acc"]), _fmt(*r["nmi"])])
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) if rows else None
+
+
 def intersectional_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
     if len(attributes) < 2:
         return None
@@ -208,6 +234,10 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
                 ptab = None
             if ptab:
                 lines += ["Compared with the papers (our default configuration; Δ = ours − paper):", "", ptab, ""]
+            stab = stages_table(d)
+            if stab:
+                lines += ["Intermediate stages (diagnosis only: the labels a method had part-way, scored like "
+                          "the final ones; the result is the final labels):", "", stab, ""]
             if figures:
                 names = plot_dataset(d, figures_dir, dkey)
                 rel = [os.path.relpath(figures_dir / nm, leaderboard_path.parent) for nm in names]

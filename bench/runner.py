@@ -207,6 +207,20 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
         record["history"] = history
         record["metrics"] = evaluate(data.y, labels, data.groups, data.n_clusters,
                                      attribute_names=record["attributes"], n_values=record["attribute_values"])
+        stages = {}
+        for name, stage_labels in (out.stages or {}).items():
+            if not str(name).isidentifier():
+                raise ValueError(f"stage name {name!r} must be an identifier (letters, digits, _)")
+            try:
+                stages[name] = _check_labels(stage_labels, data.n_samples, data.n_clusters)
+            except ValueError as exc:
+                raise ValueError(f"stage {name!r}: {exc}") from None
+        if stages:
+            record["stages"] = {name: evaluate(data.y, lab, data.groups, data.n_clusters,
+                                               attribute_names=record["attributes"],
+                                               n_values=record["attribute_values"])
+                                for name, lab in stages.items()}
+            arrays["stages"] = stages
         record["status"] = "ok"
         arrays["labels"] = labels
         if out.embedding is not None and options.save_embeddings:
@@ -245,7 +259,8 @@ def save(store: RecordStore, cell: Cell, record: dict, arrays: dict, options: Ru
     whose worker died keeps it, so the next run resumes it)."""
     if "truth" in arrays:
         store.put_truth(cell.dataset.key, *arrays["truth"])
-    store.put(cell, record, labels=arrays.get("labels"), embedding=arrays.get("embedding"))
+    store.put(cell, record, labels=arrays.get("labels"), embedding=arrays.get("embedding"),
+              stages=arrays.get("stages"))
     path = checkpoint_path(options, cell)
     if path is not None and record.get("status") in ("ok", "not_applicable"):
         checkpoint.discard(path)

@@ -4,7 +4,9 @@ Layout under the output folder::
 
     runs/<dataset-key>/truth.npz                     true labels and groups (for recomputation)
     runs/<dataset-key>/<method-key>/seed<k>.json     the record
-    runs/<dataset-key>/<method-key>/seed<k>.npz      its predicted labels (and embedding)
+    runs/<dataset-key>/<method-key>/seed<k>.npz      its predicted labels (and embedding, and the
+                                                     labels of named intermediate stages as
+                                                     ``stage_<name>``)
 
 Every file is written to a temporary name and renamed into place (atomic on POSIX), labels
 before the record, so a record that exists always has its labels. A record's ``status`` is
@@ -67,12 +69,14 @@ class RecordStore:
         record = self.get(cell)
         return record is not None and record["status"] in ("ok", "not_applicable")
 
-    def put(self, cell, record: dict, labels=None, embedding=None) -> Path:
+    def put(self, cell, record: dict, labels=None, embedding=None, stages=None) -> Path:
         path = self.record_path(cell)
         if labels is not None:
             arrays = {"labels": np.asarray(labels, dtype=np.int64)}
             if embedding is not None:
                 arrays["embedding"] = np.asarray(embedding, dtype=np.float32)
+            for name, stage_labels in (stages or {}).items():
+                arrays[f"stage_{name}"] = np.asarray(stage_labels, dtype=np.int64)
             atomic_write_bytes(path.with_suffix(".npz"), _npz_bytes(**arrays))
             record = {**record, "labels_file": path.with_suffix(".npz").name}
         atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
@@ -93,16 +97,19 @@ class RecordStore:
                 continue
         return out
 
-    def labels(self, record: dict) -> np.ndarray:
+    def labels(self, record: dict, stage: str | None = None) -> np.ndarray:
+        """The run's final labels, or those of a named intermediate ``stage`` (the record's
+        ``stages``)."""
         path = self.runs / record["dataset"]["key"] / record["method"]["key"] / record["labels_file"]
         with np.load(path) as f:
-            return f["labels"]
+            return f["labels" if stage is None else f"stage_{stage}"]
 
-    def recompute_metrics(self, record: dict) -> dict:
-        """The record's metrics, recomputed from its stored labels and the dataset's truth."""
+    def recompute_metrics(self, record: dict, stage: str | None = None) -> dict:
+        """The record's metrics (or a stage's), recomputed from its stored labels and the
+        dataset's truth."""
         with np.load(self.runs / record["dataset"]["key"] / "truth.npz") as f:
             y, groups = f["y"], f["groups"]
         return evaluate(
-            y, self.labels(record), groups, record["n_clusters"],
+            y, self.labels(record, stage), groups, record["n_clusters"],
             attribute_names=record["attributes"], n_values=record.get("attribute_values"),
         )

@@ -180,6 +180,7 @@ class TrainResult:
     embedding: np.ndarray
     history: list = field(default_factory=list)
     centroids: Optional[torch.Tensor] = None
+    stages: dict = field(default_factory=dict)
 
 
 HISTORY_KEYS = ("loss", "rec", "h_c_given_x", "h_c", "mi_cg", "fair")
@@ -232,6 +233,9 @@ def train_fcmi_style(
     2. one pass over shuffled batches (drop_last) with Adam(lr): loss
        ``reconstruction_weight``·MSE(x, x̂) [+ α·(H(C|X) − H(C)) + β·penalty after warm-up],
        x̂ by the decoder of each sample's group.
+
+    ``stages["warmup"]``: the labels of the first clustering epoch's k-means (the embedding the
+    warm-up's reconstruction alone learned), for diagnosis (:class:`bench.MethodOutput`).
 
     After the last epoch every sample is embedded once more and labelled by
     argmax_k h·μ_k (the model's own assignment rule). ``final_centroids="refit"`` (default)
@@ -323,7 +327,7 @@ def train_fcmi_style(
             sums.add_(terms.detach())
         return CapturedStep(body, [model], optimiser, [sums], capture=use_graph)
 
-    history, centroids, start = [], None, 0
+    history, centroids, start, stages = [], None, 0, {}
     ckpt = checkpoint.current()
     saved = ckpt.load(checkpoint_stage)
     if saved is not None:
@@ -334,6 +338,7 @@ def train_fcmi_style(
         gen.set_state(saved["generator"])
         checkpoint.set_rng_state(saved["rng"], device)
         history, start = list(saved["history"]), int(saved["epoch"])
+        stages = dict(saved.get("stages", {}))
         centroids = None if saved["centroids"] is None else saved["centroids"].to(device)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
@@ -342,7 +347,10 @@ def train_fcmi_style(
         if clustering:
             h_all = embed_all(model, Xd, eval_bs, amp)
             centroids = _centroids(h_all, n_clusters, kseed(epoch), **km)
-            extra["kmeans_mi"] = hard_mi((h_all @ centroids.T).argmax(1), Gd, n_clusters, n_groups)
+            assigned = (h_all @ centroids.T).argmax(1)
+            extra["kmeans_mi"] = hard_mi(assigned, Gd, n_clusters, n_groups)
+            if "warmup" not in stages:  # the clustering of the warm-up's autoencoder embedding
+                stages["warmup"] = assigned.cpu().numpy().astype(np.int64)
         model.train()
         batches, counts = _epoch_batches(Gd, n_groups, batch_size, gen)
         sums.zero_()
@@ -364,7 +372,7 @@ def train_fcmi_style(
                 "epoch": epoch + 1, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "penalty": fairness_penalty.state_dict() if hasattr(fairness_penalty, "state_dict") else None,
                 "generator": gen.get_state(), "rng": checkpoint.rng_state(device), "history": history,
-                "centroids": centroids,
+                "centroids": centroids, "stages": stages,
             })
 
     h_final = embed_all(model, Xd, eval_bs, amp)
@@ -376,4 +384,5 @@ def train_fcmi_style(
         embedding=h_final.cpu().numpy(),
         history=history,
         centroids=centroids,
+        stages=stages,
     )

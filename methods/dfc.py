@@ -61,6 +61,10 @@ there is no critic). Groups are the values that occur, batches take min(``batch_
 size) per group. Data live on the device as tensors, batches are drawn by index, and the step
 loop has no host synchronisation (losses are accumulated on the device and read at the end).
 
+Stages (diagnosis only, :class:`bench.MethodOutput`): ``start``, the labels of the k-means start
+(argmax q of every sample before the first iteration): what dfc.md §7's sanity check scores
+(about ACC 62 / NMI 50 for the released MNIST-USPS starting point).
+
 History: rows ``vae_epoch``/``vae_loss`` (pooled VAE), ``teacher_group`` with
 ``vae_epoch``/``vae_loss`` and ``dec_epoch``/``dec_kl`` (teachers), then DFC rows every
 ``log_every`` iterations: ``iter``, ``loss`` (L as defined above, not what the GRL makes F
@@ -311,14 +315,19 @@ class DFC(Method):
         cluster = ClusterLayer(K, LATENT_DIM, p["alpha"], centres).to(device)
         critic = Critic(K, G).to(device) if G >= 2 else None
         if resume is None:
-            history.append({"iter": 0.0, **group_dependence(encoder, cluster, X, groups, G)[1]})
-            progress.history = list(history)  # saved with the iterations' states
+            (_, start), row = group_dependence(encoder, cluster, X, groups, G)
+            history.append({"iter": 0.0, **row})
+            progress.results["start"] = start.cpu()  # saved with the iterations' states
+            progress.history = list(history)
         history += self._train(X, encoder, cluster, critic, q_hat, group_index, device, resume, progress.hook("dfc"))
 
         # Transductive evaluation of the final iteration: every sample, eval mode, μ, argmax q.
         (z, labels), final = group_dependence(encoder, cluster, X, groups, G)
         history[-1].update(final)
-        return MethodOutput(labels=labels.cpu().numpy().astype(np.int64), embedding=z.cpu().numpy(), history=history)
+        start = progress.results.get("start")
+        stages = {} if start is None else {"start": start.numpy().astype(np.int64)}
+        return MethodOutput(labels=labels.cpu().numpy().astype(np.int64), embedding=z.cpu().numpy(), history=history,
+                            stages=stages)
 
     def _train(self, X, encoder, cluster, critic, q_hat, group_index, device, resume=None, hook=None):
         """The DFC iterations (dfc.md §2–§3); returns one history row per ``log_every`` steps.

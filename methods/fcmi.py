@@ -123,4 +123,5 @@ class FCMI(Method):
             kmeans_max_points_per_centroid=p["kmeans_max_points_per_centroid"], kmeans_backend=p["kmeans_backend"],
             kmeans_seed=p["kmeans_seed"], final_centroids=p["final_centroids"], amp=p["amp"],
         )
-        return MethodOutput(labels=result.labels, embedding=result.embedding.astype(np.float32), history=result.history)
+        return MethodOutput(labels=result.labels, embedding=result.embedding.astype(np.float32), history=result.history,
+                            stages=result.stages)

@@ -65,6 +65,9 @@ def _check_every_stop(tmp_path, name, data, **params):
         resumed = _fit(name, data, Checkpoint(path, cell_id="cell", every_s=0.0), **params)
         np.testing.assert_array_equal(resumed.labels, reference.labels, err_msg=f"{name}: stopped after save {n}")
         assert _comparable(resumed.history) == _comparable(reference.history), f"{name}: history after save {n}"
+        assert resumed.stages.keys() == reference.stages.keys(), f"{name}: stages after save {n}"
+        for stage, labels in reference.stages.items():
+            np.testing.assert_array_equal(resumed.stages[stage], labels, err_msg=f"{name}: {stage} after save {n}")
     return counter.saves
 
 

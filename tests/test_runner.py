@@ -212,3 +212,47 @@ def test_embeddings_are_stored_only_on_request(tmp_path):
         with np.load(store.runs / record["dataset"]["key"] / record["method"]["key"] / record["labels_file"]) as f:
             assert ("embedding" in f.files) is save
             assert f["labels"].shape == (200,)
+
+
+def test_intermediate_stages_are_stored_and_scored_like_the_final_labels(tmp_path):
+    """FCMI's warm-up clustering and DFC's k-means start: stored beside the final labels, scored
+    in the record, recomputable; the final labels stay the result."""
+    tiny = {"fcmi": {"epochs": 3, "warmup_epochs": 1, "batch_size": 64, "kmeans_iter": 5, "kmeans_restarts": 1,
+                     "width": 0.125},
+            "dfc": {**registry.methods.get("dfc").test_parameters}}
+    store = RecordStore(tmp_path)
+    summary = run_grid(_grid(seeds=(0,), methods=tuple(tiny.items())), store, OPTS, progress=False)
+    assert len(summary.ran) == 2, summary.failed
+    stage_of = {"fcmi": "warmup", "dfc": "start"}
+    for record in store.records():
+        stage = stage_of[record["method"]["name"]]
+        assert set(record["stages"]) == {stage}
+        labels = store.labels(record, stage)
+        assert labels.shape == (200,) and labels.min() >= 0 and labels.max() < record["n_clusters"]
+        assert store.recompute_metrics(record, stage) == pytest.approx(record["stages"][stage])
+        assert store.recompute_metrics(record) == pytest.approx(record["metrics"])
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    table = text.split("Intermediate stages")[1]
+    for record in store.records():
+        stage = stage_of[record["method"]["name"]]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {record['method']['label']} ")
+                   and f"| {stage} " in line)
+        assert f"| {100 * record['stages'][stage]['acc']:.1f} " in row     # percent, like the final ACC
+        assert f"| {100 * record['metrics']['acc']:.1f} " in row
+
+
+def test_bad_stage_labels_fail_the_cell_with_the_reason(tmp_path, monkeypatch):
+    import methods.kmeans as km
+    from bench import MethodOutput
+
+    real = km.KMeansBaseline.fit
+
+    def fit(self, data, seed, device):
+        out = real(self, data, seed, device)
+        return MethodOutput(labels=out.labels, stages={"half": out.labels[:10]})
+
+    monkeypatch.setattr(km.KMeansBaseline, "fit", fit)
+    store = RecordStore(tmp_path)
+    summary = run_grid(_grid(seeds=(0,)), store, OPTS, progress=False)
+    assert len(summary.failed) == 1
+    assert "stage 'half': method returned labels of shape (10,), expected (200,)" in store.records()[0]["error"]
