@@ -68,10 +68,12 @@ def _fmt(mean, std, n, digits=1):
 
 
 def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per method configuration: mean and sample std (ddof=1) over the seeds that finished."""
+    """Per method configuration: mean and sample std (ddof=1) over the seeds that finished;
+    rows in order of their labels (a sweep's configurations side by side, by value)."""
     ok = df[df.status == "ok"]
     out = []
-    for mkey, g in df.groupby("method_key", sort=True):
+    groups = sorted(df.groupby("method_key", sort=True), key=lambda kv: (kv[1]["method"].iloc[0], kv[0]))
+    for mkey, g in groups:
         gok = ok[ok.method_key == mkey]
         row = {"method_key": mkey, "method": g["method"].iloc[0], "method_name": g["method_name"].iloc[0],
                "params": g["method_params"].iloc[0], "n_ok": len(gok),
