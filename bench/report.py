@@ -82,6 +82,7 @@ def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         for k in keys:
             col = "m:" + k
             vals = gok[col].to_numpy(float) * _scale(k) if col in gok else np.array([])
+            vals = vals[~np.isnan(vals)]  # a run without this value (e.g. no such stage) does not count
             row[k] = (vals.mean() if len(vals) else np.nan, vals.std(ddof=1) if len(vals) > 1 else 0.0, len(vals))
         t = gok["train_seconds"].to_numpy(float)
         row["time"] = (t.mean() if len(t) else np.nan, t.std(ddof=1) if len(t) > 1 else 0.0, len(t))

@@ -221,10 +221,14 @@ def test_intermediate_stages_are_stored_and_scored_like_the_final_labels(tmp_pat
                      "width": 0.125},
             "dfc": {**registry.methods.get("dfc").test_parameters}}
     store = RecordStore(tmp_path)
-    summary = run_grid(_grid(seeds=(0,), methods=tuple(tiny.items())), store, OPTS, progress=False)
-    assert len(summary.ran) == 2, summary.failed
+    methods = (*tiny.items(), ("kmeans", {"n_init": 1, "n_iter": 10}))  # kmeans keeps no stage
+    summary = run_grid(_grid(seeds=(0,), methods=methods), store, OPTS, progress=False)
+    assert len(summary.ran) == 3, summary.failed
     stage_of = {"fcmi": "warmup", "dfc": "start"}
     for record in store.records():
+        if record["method"]["name"] == "kmeans":
+            assert "stages" not in record
+            continue
         stage = stage_of[record["method"]["name"]]
         assert set(record["stages"]) == {stage}
         labels = store.labels(record, stage)
@@ -232,8 +236,11 @@ def test_intermediate_stages_are_stored_and_scored_like_the_final_labels(tmp_pat
         assert store.recompute_metrics(record, stage) == pytest.approx(record["stages"][stage])
         assert store.recompute_metrics(record) == pytest.approx(record["metrics"])
     text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
-    table = text.split("Intermediate stages")[1]
+    table = text.split("Intermediate stages")[1].split("\n\n## ")[0]
+    assert "| kmeans " not in table and len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 3
     for record in store.records():
+        if record["method"]["name"] == "kmeans":
+            continue
         stage = stage_of[record["method"]["name"]]
         row = next(line for line in table.splitlines() if line.startswith(f"| {record['method']['label']} ")
                    and f"| {stage} " in line)
