@@ -39,11 +39,11 @@ class IFC(Method):
       every LambdaFair in {0, 0.05, 0.1, 0.2, 0.5} (Balance 0, MNCE 0), and with experts off
       and no resampling the adversary alone does it (MNCE 0; the same run at LambdaAdv 0:
       MNCE 99.9, ACC 37.6, like FCMI). Its cross-entropy sits at 1.0–2.3, above chance
-      (log 2): the encoder "wins" by making the discriminator confidently wrong, which keeps
-      the groups separable (k-means I(C;G) = log 2 every epoch) instead of removing them. The
-      expert heads alone also cost (LambdaAdv 0: MNCE 83.6, ACC 28.5). A confusion target
-      (discriminator output pushed to uniform) would avoid the flip; not done, and other data
-      sets are untested;
+      (log 2), and k-means I(C;G) = log 2 every epoch: the groups stay separable. The expert
+      heads alone also cost (LambdaAdv 0: MNCE 83.6, ACC 28.5). A confusion target tried in
+      its place (discriminators on the detached embedding, encoder pushed to uniform
+      predictions) failed the same way (MNCE 0), so the encoder flipping the discriminator is
+      not the whole cause; not resolved, and other data sets are untested;
     * L = Reconstruction·L_rec + LambdaClu·(H(C|X) − H(C)) + LambdaFair·L_fair
       + LambdaAdv·L_adv + LambdaIntersectionalBalance·L_IB, README defaults 1.0 / 0.04 / 0.20 /
       (none: 0.1) / 0.0; L_fair = I(C; G_1×…×G_S) explicit over the joint cells when S ≤ 3, the
