@@ -159,7 +159,7 @@ class MethodOutput:
     losses; metrics computed with labels never belong here).
 
     ``stages`` optionally names the labels of every sample at intermediate points of the
-    training (e.g. DFC's k-means start and its per-group teachers): the runner stores them
+    training (e.g. FCMI's warm-up clustering, DFC's k-means start): the runner stores them
     beside the final labels and scores them like the final ones (the record's ``stages``), for
     diagnosis only. They never choose what is reported: the final labels are the result."""
 

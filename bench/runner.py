@@ -205,8 +205,12 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
             i, k = bad[0]
             raise FloatingPointError(f"non-finite {k} at epoch {i} (NaN/inf loss)")
         record["history"] = history
-        record["metrics"] = evaluate(data.y, labels, data.groups, data.n_clusters,
-                                     attribute_names=record["attributes"], n_values=record["attribute_values"])
+
+        def score(predicted):
+            return evaluate(data.y, predicted, data.groups, data.n_clusters,
+                            attribute_names=record["attributes"], n_values=record["attribute_values"])
+
+        record["metrics"] = score(labels)
         stages = {}
         for name, stage_labels in (out.stages or {}).items():
             if not str(name).isidentifier():
@@ -216,10 +220,7 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
             except ValueError as exc:
                 raise ValueError(f"stage {name!r}: {exc}") from None
         if stages:
-            record["stages"] = {name: evaluate(data.y, lab, data.groups, data.n_clusters,
-                                               attribute_names=record["attributes"],
-                                               n_values=record["attribute_values"])
-                                for name, lab in stages.items()}
+            record["stages"] = {name: score(stage_labels) for name, stage_labels in stages.items()}
             arrays["stages"] = stages
         record["status"] = "ok"
         arrays["labels"] = labels

@@ -170,8 +170,8 @@ def check_kmeans_seed(method: str, value) -> None:
     """One-line ParameterError for a bad ``kmeans_seed`` (the adapters' validation)."""
     try:
         kmeans_seed_schedule(value, 0)
-    except ValueError:
-        raise ParameterError(f"{method}: kmeans_seed must be one of {', '.join(KMEANS_SEEDS)}; got {value!r}") from None
+    except ValueError as exc:
+        raise ParameterError(f"{method}: {exc}") from None
 
 
 @dataclass
@@ -254,8 +254,9 @@ def train_fcmi_style(
 
     ``cuda_graph`` (opt-in, CUDA only; None: the runner's ``--cuda-graphs``,
     :mod:`bench.execution`): capture the step once per kind of epoch and replay it for every
-    batch (:mod:`methods._fcmi_graph`, :mod:`methods._step_graph`); used only with FCMI's fairness term (or none), without
-    ``amp``, and with one decoder or group decoders without BatchNorm, else the loop is eager.
+    batch (:mod:`methods._fcmi_graph`, :mod:`methods._step_graph`); used only with FCMI's
+    fairness term (or none), without ``amp``, and with one decoder or group decoders without
+    BatchNorm, else the loop is eager.
 
     Resumable (:mod:`bench.checkpoint`): when the runner's checkpoint for the cell is due, the
     state at the end of an epoch is saved under ``checkpoint_stage`` (weights, Adam, the batch

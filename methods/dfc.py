@@ -26,7 +26,8 @@ lr·(1 + 10 t/T)^(−0.75) per step, ×``adv_mult`` = 10 for the critic; λ(t) =
 because it is the value tied to the released weights (the ReScience text says 1e-4, possibly
 the paper's value); we cannot use those weights and pretrain ourselves, and the reproduction
 that also pretrained itself (Joppewouts) used 1e-4, so this is a choice we keep for every data
-set until an A/B of 1e-2 against 1e-4 at full scale settles it (owed: GPU). Evaluation: the FINAL iteration, every sample, eval mode (μ), argmax q
+set until an A/B of 1e-2 against 1e-4 at full scale settles it (owed: GPU).
+Evaluation: the FINAL iteration, every sample, eval mode (μ), argmax q
 (transductive; no best iteration is ever picked).
 
 Pretraining (RECONSTRUCTED; the authors released weights for MNIST-USPS only and no recipe,
@@ -35,7 +36,8 @@ dfc.md §3.1, and their weights cannot be used here, so every run pretrains from
    MLRC reproduction's VAE), Adam 1e-3, batch 256; Bernoulli reconstruction for images,
    unit-Gaussian for flat features, plus the KL term;
 2. k-means (``bench.kmeans``, K = n_clusters, ``kmeans_n_init`` = 20 restarts as the second
-   MLRC reproduction, on all samples, not a subsample) on the μ features: the initial centres (``init_centers="xavier"`` is the
+   MLRC reproduction, on all samples, not a subsample) on the μ features: the initial centres
+   (``init_centers="xavier"`` is the
    reproduction's "no pretrained centres" ablation);
 3. one DEC teacher per group: a VAE pretrained on the group alone as in step 1
    (``teacher_init="group"``; ``"pooled"`` starts from a copy of the step-1 encoder instead),

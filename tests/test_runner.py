@@ -263,3 +263,13 @@ def test_bad_stage_labels_fail_the_cell_with_the_reason(tmp_path, monkeypatch):
     summary = run_grid(_grid(seeds=(0,)), store, OPTS, progress=False)
     assert len(summary.failed) == 1
     assert "stage 'half': method returned labels of shape (10,), expected (200,)" in store.records()[0]["error"]
+
+    def fit_bad_name(self, data, seed, device):
+        out = real(self, data, seed, device)
+        return MethodOutput(labels=out.labels, stages={"a b": out.labels})
+
+    monkeypatch.setattr(km.KMeansBaseline, "fit", fit_bad_name)
+    store = RecordStore(tmp_path / "named")
+    summary = run_grid(_grid(seeds=(0,)), store, OPTS, progress=False)
+    assert len(summary.failed) == 1
+    assert "stage name 'a b' must be an identifier" in store.records()[0]["error"]
