@@ -9,6 +9,41 @@ from bench import Method, MethodOutput, ParameterError, register_method
 from ._fcmi_loop import check_kmeans_seed, train_fcmi_style
 from ._nets import build_autoencoder
 
+#: Accepted values of the backbone's string parameters (FCMI, IFC and the infomin variants).
+BACKBONE_CHOICES = {
+    "kmeans_backend": ("auto", "faiss", "torch"),
+    "final_centroids": ("refit", "last"),
+    "arch": ("auto", "conv28", "mlp"),
+}
+
+
+def validate_backbone(name: str, p: dict, choices: dict | None = None) -> None:
+    """Checks of the FCMI backbone's parameters, shared by every method built on it (one-line
+    ParameterError messages naming ``name``); ``choices`` adds a method's own string options."""
+    for key in ("epochs", "batch_size", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid"):
+        if p[key] < 1:
+            raise ParameterError(f"{name}: {key} must be a positive integer")
+    if p["warmup_epochs"] < 0:
+        raise ParameterError(f"{name}: warmup_epochs must be >= 0")
+    for key in ("lr", "temperature", "width"):
+        if not p[key] > 0:
+            raise ParameterError(f"{name}: {key} must be > 0")
+    if p["embed_dim"] != "n_clusters" and not (str(p["embed_dim"]).isdigit() and int(p["embed_dim"]) > 0):
+        raise ParameterError(f"{name}: embed_dim must be 'n_clusters' or a positive integer")
+    check_kmeans_seed(name, p["kmeans_seed"])
+    for key, accepted in {**BACKBONE_CHOICES, **(choices or {})}.items():
+        if key in p and p[key] not in accepted:
+            raise ParameterError(f"{name}: {key} must be one of {', '.join(accepted)}")
+
+
+def build_backbone(p: dict, data, seed: int):
+    """FCMI's autoencoder (one decoder per primary-attribute value), initialised from ``seed``
+    without touching the global RNG: the same network for FCMI and every method built on it."""
+    embed_dim = data.n_clusters if p["embed_dim"] == "n_clusters" else int(p["embed_dim"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build_autoencoder(data.X.shape[1:], embed_dim, data.n_groups, arch=p["arch"], width=p["width"])
+
 
 @register_method
 class FCMI(Method):
@@ -82,26 +117,10 @@ class FCMI(Method):
 
     def validate(self):
         p = self.params
-        positive_ints = ("epochs", "batch_size", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid")
-        for key in positive_ints:
-            if p[key] < 1:
-                raise ParameterError(f"fcmi: {key} must be a positive integer")
-        if p["warmup_epochs"] < 0:
-            raise ParameterError("fcmi: warmup_epochs must be >= 0")
-        for key in ("lr", "temperature", "width"):
-            if not p[key] > 0:
-                raise ParameterError(f"fcmi: {key} must be > 0")
+        validate_backbone("fcmi", p)
         for key in ("alpha", "beta"):
             if p[key] < 0:
                 raise ParameterError(f"fcmi: {key} must be >= 0")
-        if p["embed_dim"] != "n_clusters" and not (p["embed_dim"].isdigit() and int(p["embed_dim"]) > 0):
-            raise ParameterError("fcmi: embed_dim must be 'n_clusters' or a positive integer")
-        check_kmeans_seed("fcmi", p["kmeans_seed"])
-        choices = {"kmeans_backend": ("auto", "faiss", "torch"), "final_centroids": ("refit", "last"),
-                   "arch": ("auto", "conv28", "mlp")}
-        for key, accepted in choices.items():
-            if p[key] not in accepted:
-                raise ParameterError(f"fcmi: {key} must be one of {', '.join(accepted)}")
 
     def embed_dim(self, n_clusters: int) -> int:
         value = self.params["embed_dim"]
@@ -110,11 +129,7 @@ class FCMI(Method):
     def fit(self, data, seed, device):
         p = self.params
         device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):  # model init from the run seed, global RNG untouched
-            torch.manual_seed(int(seed))
-            model = build_autoencoder(
-                data.X.shape[1:], self.embed_dim(data.n_clusters), data.n_groups, arch=p["arch"], width=p["width"]
-            )
+        model = build_backbone(p, data, seed)  # init from the run seed, global RNG untouched
         result = train_fcmi_style(
             model, data.X, data.group, data.n_clusters, seed=seed, device=device, n_groups=data.n_groups,
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], warmup_epochs=p["warmup_epochs"],

@@ -7,8 +7,8 @@ from bench import Method, MethodOutput, ParameterError, register_method
 
 from ._ifc_parts import SAMPLING, IFCFairness, add_experts, resample_indices
 from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
-from .fcmi import FCMI
-from .infomin import build_backbone, validate_backbone
+
+from .fcmi import FCMI, build_backbone, validate_backbone
 
 #: FCMI's network and k-means settings, which IFC reuses unchanged.
 _SHARED_WITH_FCMI = ("embed_dim", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid",

@@ -12,10 +12,8 @@ import torch
 from bench import Method, MethodOutput, ParameterError, register_method
 
 from ._estimators import make_estimator
-from ._fcmi_loop import check_kmeans_seed
-from .fcmi import FCMI
+from .fcmi import FCMI, build_backbone, validate_backbone
 from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
-from ._nets import build_autoencoder
 
 #: FCMI's backbone and schedule (its declared defaults and tiny test configuration), plus the
 #: fairness target and the sensitive encoding; only the fairness term differs from FCMI.
@@ -24,37 +22,7 @@ TEST_BACKBONE = dict(FCMI.test_parameters)
 CHOICES = {
     "target": ("assignment", "embedding"),
     "encoding": ("single", "joint", "concat"),
-    "kmeans_backend": ("auto", "faiss", "torch"),
-    "final_centroids": ("refit", "last"),
-    "arch": ("auto", "conv28", "mlp"),
 }
-
-
-def validate_backbone(name: str, p: dict) -> None:
-    """Shared checks of the FCMI backbone's parameters (one-line ParameterError messages)."""
-    for key in ("epochs", "batch_size", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid"):
-        if p[key] < 1:
-            raise ParameterError(f"{name}: {key} must be a positive integer")
-    if p["warmup_epochs"] < 0:
-        raise ParameterError(f"{name}: warmup_epochs must be >= 0")
-    for key in ("lr", "temperature", "width"):
-        if not p[key] > 0:
-            raise ParameterError(f"{name}: {key} must be > 0")
-    if p["embed_dim"] != "n_clusters" and not (str(p["embed_dim"]).isdigit() and int(p["embed_dim"]) > 0):
-        raise ParameterError(f"{name}: embed_dim must be 'n_clusters' or a positive integer")
-    check_kmeans_seed(name, p["kmeans_seed"])
-    for key, accepted in CHOICES.items():
-        if key in p and p[key] not in accepted:
-            raise ParameterError(f"{name}: {key} must be one of {', '.join(accepted)}")
-
-
-def build_backbone(p: dict, data, seed: int):
-    """FCMI's autoencoder (one decoder per primary-attribute value), initialised from ``seed``
-    without touching the global RNG (the same network FCMI builds for the same seed)."""
-    embed_dim = data.n_clusters if p["embed_dim"] == "n_clusters" else int(p["embed_dim"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return build_autoencoder(data.X.shape[1:], embed_dim, data.n_groups, arch=p["arch"], width=p["width"])
 
 
 class InfominPenalty:
@@ -130,7 +98,7 @@ class InfominClustering(Method):
 
     def validate(self):
         p = self.params
-        validate_backbone(self.name, p)
+        validate_backbone(self.name, p, CHOICES)
         for key in ("alpha", "beta"):
             if p[key] < 0:
                 raise ParameterError(f"{self.name}: {key} must be >= 0")
