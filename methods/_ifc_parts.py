@@ -10,11 +10,12 @@ FCMI, and is labelled so. No code is copied.
 * :class:`MultiExpertEncoder` / :func:`add_experts` -- one expert head per sensitive attribute
   on FCMI's encoder trunk, fused by input-dependent attention (§A.10 "multi-expert +
   attention fusion").
-* :class:`Discriminator` -- the code's discriminator shape d→512→256→out, BatchNorm +
-  LeakyReLU(0.2), N(0, 0.02) init, with a softmax output over the attribute's values.
+* :class:`Discriminator` -- the code's discriminator shape d→512→256→out, LeakyReLU(0.2),
+  N(0, 0.02) init, with a softmax output over the attribute's values; the code's BatchNorm
+  layers are optional (off by default, see :class:`IFCFairness`).
 * :class:`IFCFairness` -- the fairness side of the loss: joint MI term (explicit over the
-  intersectional cells, or the attention-weighted form), hierarchical discriminators through
-  gradient reversal, and the soft worst-case intersectional balance.
+  intersectional cells, or the attention-weighted form), hierarchical discriminators (a
+  confusion target, or gradient reversal), and the soft worst-case intersectional balance.
 * :func:`resample_indices` -- over-/under-sampling and bias-mimicking over intersectional
   cells of the *sensitive attributes only* (§A.6: the original forms cells with the true
   class labels, a label leak that unsupervised clustering cannot use).
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from ._dfc_parts import grad_reverse  # one gradient-reversal layer for DFC and IFC
 from ._fcmi_loop import cluster_group_mi, cluster_group_table
@@ -42,9 +44,13 @@ __all__ = [
     "soft_intersectional_balance",
     "resample_indices",
     "SAMPLING",
+    "ADVERSARY",
+    "DISCRIMINATOR_NORM",
 ]
 
 SAMPLING = ("none", "os", "us", "bm")
+ADVERSARY = ("confusion", "reverse")
+DISCRIMINATOR_NORM = ("none", "batch")
 
 
 class MultiExpertEncoder(nn.Module):
@@ -93,14 +99,15 @@ def add_experts(model: nn.Module, n_experts: int, hidden: int = 256, key_dim: in
 
 class Discriminator(nn.Module):
     """Predicts an attribute (or the intersectional cell) from the embedding: the shape of the
-    IFC code's discriminators (d→512→256, BatchNorm, LeakyReLU 0.2, Linear weights N(0, 0.02))
-    with ``n_out`` logits instead of one."""
+    IFC code's discriminators (d→512→256, LeakyReLU 0.2, Linear weights N(0, 0.02)) with
+    ``n_out`` logits instead of one. ``batchnorm=True`` adds the code's BatchNorm after each
+    hidden Linear (the same Linear weights are drawn either way)."""
 
-    def __init__(self, embed_dim: int, n_out: int, hidden: Sequence[int] = (512, 256)):
+    def __init__(self, embed_dim: int, n_out: int, hidden: Sequence[int] = (512, 256), batchnorm: bool = False):
         super().__init__()
         layers, width = [], embed_dim
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.LeakyReLU(0.2)]
+            layers += [nn.Linear(width, size), *([nn.BatchNorm1d(size)] if batchnorm else []), nn.LeakyReLU(0.2)]
             width = size
         layers.append(nn.Linear(width, n_out))
         self.net = nn.Sequential(*layers)
@@ -136,17 +143,24 @@ class IFCFairness(nn.Module):
       terms of Î.detach()/τ_a (a smooth maximum; learnable weights would collapse onto the
       smallest term). ``auto``: explicit when S ≤ ``explicit_max_attributes`` (3, the code's
       threshold), attention otherwise. I(C; T_joint) is always recorded (``joint_mi``).
-    * L_adv = Σ_s CE(D_s(GRL(z)), g_s) + CE(D_J(GRL(z)), t): one discriminator per attribute
-      and one joint discriminator over the cells (none when S = 1, where it would duplicate
-      D_1), trained by the same optimiser to *minimise* the cross-entropy while the reversed
-      gradient makes the encoder *maximise* it.
+    * L_adv: one discriminator D_s per attribute and one joint discriminator D_J over the
+      cells (none when S = 1, where it would duplicate D_1), trained by the same optimiser to
+      *minimise* their cross-entropy on z. ``adversary`` sets what the encoder does:
+
+      - ``"confusion"`` (default; §A.10's alternative, the encoder pushing the discriminators'
+        outputs to chance, here as a cross-entropy to the uniform distribution):
+        L_adv = Σ_D [CE(D(sg(z)), t) + CE_uniform(sg(D)(z))], sg = stop-gradient: the first
+        term trains D only, the second moves the encoder only. Bounded below by log|T| per
+        discriminator at chance, so the encoder gains nothing by making D confidently wrong.
+      - ``"reverse"`` (the README's gradient reversal): L_adv = Σ_D CE(D(GRL(z)), t); the
+        encoder *maximises* the same cross-entropy that D minimises.
     * L_IB = 1 − :func:`soft_intersectional_balance`, on the loop's Q (τ = 0.1; the code
       used temperature 1).
     """
 
     def __init__(self, coding, embed_dim: int, *, beta: float, gamma: float, eta: float,
                  mode: str = "auto", explicit_max_attributes: int = 3, attention_temperature: float = 0.1,
-                 recorder=None):
+                 adversary: str = "confusion", discriminator_norm: str = "none", recorder=None):
         super().__init__()
         self.coding = coding
         S = coding.n_attributes
@@ -154,11 +168,17 @@ class IFCFairness(nn.Module):
             mode = "explicit" if S <= explicit_max_attributes else "attention"
         if mode not in ("explicit", "attention"):
             raise ValueError("IFC fairness mode must be auto, explicit or attention")
+        if adversary not in ADVERSARY:
+            raise ValueError(f"IFC adversary must be one of {', '.join(ADVERSARY)}")
+        if discriminator_norm not in DISCRIMINATOR_NORM:
+            raise ValueError(f"IFC discriminator_norm must be one of {', '.join(DISCRIMINATOR_NORM)}")
         self.mode, self.beta, self.gamma, self.eta = mode, float(beta), float(gamma), float(eta)
+        self.adversary = adversary
         self.tau = float(attention_temperature)
         self.recorder = recorder
-        self.attribute_discriminators = nn.ModuleList(Discriminator(embed_dim, v) for v in coding.n_values)
-        self.joint_discriminator = Discriminator(embed_dim, coding.n_cells) if S > 1 else None
+        bn = discriminator_norm == "batch"
+        self.attribute_discriminators = nn.ModuleList(Discriminator(embed_dim, v, batchnorm=bn) for v in coding.n_values)
+        self.joint_discriminator = Discriminator(embed_dim, coding.n_cells, batchnorm=bn) if S > 1 else None
         self.pairs = list(itertools.combinations(range(S), 2))
 
     def get_extra_state(self):
@@ -183,10 +203,17 @@ class IFCFairness(nn.Module):
         return (weights * terms).sum()
 
     def adversarial(self, h, code, attrs):
-        z = grad_reverse(h)
-        loss = sum(F.cross_entropy(d(z), attrs[:, s]) for s, d in enumerate(self.attribute_discriminators))
+        heads = [(d, attrs[:, s]) for s, d in enumerate(self.attribute_discriminators)]
         if self.joint_discriminator is not None:
-            loss = loss + F.cross_entropy(self.joint_discriminator(z), code)
+            heads.append((self.joint_discriminator, code))
+        if self.adversary == "reverse":
+            z = grad_reverse(h)
+            return sum(F.cross_entropy(d(z), target) for d, target in heads)
+        loss = h.new_zeros(())
+        for d, target in heads:
+            loss = loss + F.cross_entropy(d(h.detach()), target)  # D learns the groups
+            frozen = {name: p.detach() for name, p in d.named_parameters()}
+            loss = loss - F.log_softmax(functional_call(d, frozen, (h,)), 1).mean()  # encoder: to chance
         return loss
 
     def forward(self, q, h, code, n_cells):

@@ -5,10 +5,11 @@ import torch
 
 from bench import Method, MethodOutput, ParameterError, register_method
 
-from ._ifc_parts import SAMPLING, IFCFairness, add_experts, resample_indices
+from ._ifc_parts import ADVERSARY, DISCRIMINATOR_NORM, SAMPLING, IFCFairness, add_experts, resample_indices
 from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
-
 from .fcmi import FCMI, build_backbone, validate_backbone
+
+EXPERTS = ("auto", "on", "off")
 
 #: FCMI's network and k-means settings, which IFC reuses unchanged.
 _SHARED_WITH_FCMI = ("embed_dim", "kmeans_iter", "kmeans_restarts", "kmeans_max_points_per_centroid",
@@ -28,22 +29,41 @@ class IFC(Method):
       for C×28×28 images, the MLP AE for everything else, flattened), one decoder per value of
       the primary attribute (the code routes decoders by g[1], which differs across data sets);
     * multi-expert network: one expert head per sensitive attribute on FCMI's encoder trunk,
-      fused by input-dependent attention (``experts=False`` keeps FCMI's single head);
-    * hierarchical discriminators, one per attribute plus one over the intersectional cells,
-      adversarial through gradient reversal, trained by the same Adam optimiser. Weight
-      ``LambdaAdv`` = 0.1: no default is known (§A.10 proposes 1 and sweeping {0.1, 1}); at 1
-      the min-max on cross-entropy made clusterings *less* fair in our CPU checks (40 epochs,
-      digits-reversed: I(C;G) 0.674 ≈ log 2 and Balance 0 at 1, 0.005 at 0.1, 0.000 at 0;
-      3-cluster synthetic: I(C;joint) 0.217 at 1, 0.001 at 0.1). KNOWN PROBLEM, measured later
-      (digits-reversed, seed 0, 50 epochs, CPU): at 0.1 the clustering is split by group for
-      every LambdaFair in {0, 0.05, 0.1, 0.2, 0.5} (Balance 0, MNCE 0), and with experts off
-      and no resampling the adversary alone does it (MNCE 0; the same run at LambdaAdv 0:
-      MNCE 99.9, ACC 37.6, like FCMI). Its cross-entropy sits at 1.0–2.3, above chance
-      (log 2), and k-means I(C;G) = log 2 every epoch: the groups stay separable. The expert
-      heads alone also cost (LambdaAdv 0: MNCE 83.6, ACC 28.5). A confusion target tried in
-      its place (discriminators on the detached embedding, encoder pushed to uniform
-      predictions) failed the same way (MNCE 0), so the encoder flipping the discriminator is
-      not the whole cause; not resolved, and other data sets are untested;
+      fused by input-dependent attention. ``experts="auto"`` (default) uses them when there
+      are more than ``explicit_max_attributes`` (3) attributes, as §A.10 proposes ("use
+      experts/attention only when S > 3, or always, as an ablation flag"); ``"on"`` always,
+      ``"off"`` never (FCMI's single head). With one attribute the "experts" are one deeper
+      head, and they cost on digits-reversed (seed 0, 50 epochs, no adversary: MNCE 83.6,
+      ACC 28.5, against 99.9 / 37.6 without them);
+    * hierarchical discriminators, one per attribute plus one over the intersectional cells
+      (the code's d→512→256 shape), trained by the same Adam optimiser. Weight ``LambdaAdv``
+      = 0.1 (no default is known; §A.10 proposes 1 and sweeping {0.1, 1}). Two choices
+      DEVIATE from the README/§A.10 wording, both measured on digits-reversed (seed 0, 40 or
+      50 epochs, CPU; experts off, no resampling; k-means I(C;G) per epoch, log 2 = 0.693
+      means every cluster holds one group):
+
+      - ``adversary="confusion"`` (default): the discriminators learn on the detached
+        embedding and the encoder is pushed to make their outputs uniform (§A.10's
+        alternative form, as a cross-entropy to the uniform distribution);
+        ``"reverse"`` is the README's gradient reversal. Reversal maximises an unbounded
+        cross-entropy, so the encoder gains by making the discriminator confidently *wrong*
+        while the groups stay apart. Without BatchNorm it still relapses: seed 0 reached
+        I(C;G) ≈ 0 and jumped back to 0.69 at epoch 36 (final MNCE 99.7), seed 1 ended at
+        0.44 (MNCE 76.4); at LambdaAdv 1 it oscillated (final MNCE 0). The confusion target
+        fell to 0.001 and stayed there (MNCE 99.6, ACC 41.2; FCMI: 99.8 / 39.9).
+      - ``discriminator_norm="none"`` (default): no BatchNorm in the discriminators;
+        ``"batch"`` keeps the code's. With BatchNorm, reversal failed at every LambdaFair
+        in {0, 0.05, 0.1, 0.2, 0.5} (experts on; Balance 0, MNCE 0, the cross-entropy above
+        chance at 1.0–2.3, I(C;G) 0.69 every epoch) and with experts off, also with the
+        discriminator's lr ×10 or the DANN ramp of its coefficient; the confusion target
+        failed too (MNCE 0, ACC 22.5). Removing BatchNorm alone brought reversal to MNCE
+        99.7 (seed 0). Our reading, not proven: the batch statistics let the encoder move the
+        discriminator's normalisation instead of removing the groups.
+
+      The adversary alone does not make the clustering fair here (LambdaFair 0, reversal,
+      no BatchNorm: MNCE 0); the joint I(C;G) term does the work and the adversary must not
+      undo it. The records made before these options (experts always on, reversal,
+      BatchNorm) are kept under that explicit configuration;
     * L = Reconstruction·L_rec + LambdaClu·(H(C|X) − H(C)) + LambdaFair·L_fair
       + LambdaAdv·L_adv + LambdaIntersectionalBalance·L_IB, README defaults 1.0 / 0.04 / 0.20 /
       (none: 0.1) / 0.0; L_fair = I(C; G_1×…×G_S) explicit over the joint cells when S ≤ 3, the
@@ -56,13 +76,13 @@ class IFC(Method):
       with the true class labels, a label leak in unsupervised clustering; we never do.
       Training (and k-means) uses the resampled rows; every sample is labelled at the end.
 
-    With one attribute the fairness term is FCMI's I(C;G), one expert and one discriminator
-    remain, and the method is comparable with FCMI. History rows add ``ifc_fair``,
+    With one attribute the fairness term is FCMI's I(C;G), one discriminator remains (and no
+    experts unless ``experts="on"``), and the method is comparable with FCMI. History rows add ``ifc_fair``,
     ``ifc_adv``, ``ifc_ib``, ``joint_mi`` (batch means) and ``fair_step_s`` (seconds per
     fairness step, forward)."""
 
     name = "ifc"
-    description = "IFC intersectional fair clustering, built from its README (experts, attention, GRL discriminators)"
+    description = "IFC intersectional fair clustering, built from its README (experts, attention, adversarial discriminators)"
     paper = "Intersectional Fair Clustering (IFC): README of Orange1021/Intersectional-Fair-Clustering, paper not found"
     paper_name = ""
     fairness_weight = "LambdaFair"
@@ -77,7 +97,9 @@ class IFC(Method):
         "fair_mode": "auto",
         "explicit_max_attributes": 3,
         "attention_temperature": 0.1,
-        "experts": True,
+        "experts": "auto",
+        "adversary": "confusion",
+        "discriminator_norm": "none",
         "expert_hidden": 256,
         "key_dim": 32,
         "sampling": "os",
@@ -105,6 +127,15 @@ class IFC(Method):
                 raise ParameterError(f"ifc: {key} must be a positive integer")
         if not p["attention_temperature"] > 0:
             raise ParameterError("ifc: attention_temperature must be > 0")
+        for key, accepted in (("experts", EXPERTS), ("adversary", ADVERSARY), ("discriminator_norm", DISCRIMINATOR_NORM)):
+            if p[key] not in accepted:
+                raise ParameterError(f"ifc: {key} must be one of {', '.join(accepted)}, got {p[key]!r}")
+
+    def uses_experts(self, n_attributes: int) -> bool:
+        """``experts``: "on", "off", or "auto" = on when there are more attributes than
+        ``explicit_max_attributes`` (§A.10: experts and attention for S > 3, else an ablation)."""
+        mode = self.params["experts"]
+        return mode == "on" or (mode == "auto" and n_attributes > self.params["explicit_max_attributes"])
 
     def build(self, data, seed, device):
         """(model, fairness module, coding, recorder), initialised from ``seed``."""
@@ -115,13 +146,14 @@ class IFC(Method):
         recorder = StepRecorder(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) + 1)
-            if p["experts"]:
+            if self.uses_experts(len(n_values)):
                 add_experts(model, len(n_values), p["expert_hidden"], p["key_dim"])
             fairness = IFCFairness(
                 coding, model.embed_dim, beta=p["LambdaFair"], gamma=p["LambdaAdv"],
                 eta=p["LambdaIntersectionalBalance"], mode=p["fair_mode"],
                 explicit_max_attributes=p["explicit_max_attributes"],
-                attention_temperature=p["attention_temperature"], recorder=recorder,
+                attention_temperature=p["attention_temperature"], adversary=p["adversary"],
+                discriminator_norm=p["discriminator_norm"], recorder=recorder,
             )
         return model, fairness, coding, recorder
 
