@@ -15,6 +15,8 @@ from tabulate import tabulate
 
 from . import papers, registry
 from .metrics import HEADLINE
+from .registry import UnknownName
+from .runner import Spec
 
 PERCENT = {"acc", "nmi", "ari", "balance", "ratio_balance", "mnce", "f1"}
 
@@ -24,12 +26,23 @@ def _scale(key: str) -> float:
     return 100.0 if base in PERCENT or base == "balance_worst" else 1.0
 
 
+def current_label(kind: str, stored: dict) -> str:
+    """The label of a stored configuration against today's declared defaults: a parameter
+    whose default changed after the run shows its stored value (e.g. ``resize=bilinear``), so
+    an old record never passes for today's default. The stored label when the name is not
+    registered (a plugin that is not loaded)."""
+    try:
+        return Spec.from_json(kind, stored).label
+    except UnknownName:
+        return stored["label"]
+
+
 def records_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
-        row = {"dataset_key": r["dataset"]["key"], "dataset": r["dataset"]["label"],
+        row = {"dataset_key": r["dataset"]["key"], "dataset": current_label("dataset", r["dataset"]),
                "dataset_name": r["dataset"]["name"], "method_key": r["method"]["key"],
-               "method": r["method"]["label"], "method_name": r["method"]["name"],
+               "method": current_label("method", r["method"]), "method_name": r["method"]["name"],
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
                "device": short_device(r.get("device", ""), r.get("jobs", 1))}

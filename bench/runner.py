@@ -50,6 +50,12 @@ class Spec:
         obj = reg.get(name)(**(overrides or {}))  # validates names and values
         return cls(kind, name, tuple(sorted((k, _freeze(v)) for k, v in obj.params.items())), type(obj).version)
 
+    @classmethod
+    def from_json(cls, kind: str, stored: dict) -> "Spec":
+        """The spec a record stored (its ``to_json``), as it was: no defaults filled in."""
+        params = tuple(sorted((k, _freeze(v)) for k, v in stored["params"].items()))
+        return cls(kind, stored["name"], params, stored.get("version", "1"))
+
     @property
     def param_dict(self) -> dict:
         return {k: _thaw(v) for k, v in self.params}

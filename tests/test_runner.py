@@ -171,6 +171,23 @@ def test_report_sets_paper_numbers_beside_ours_for_default_configurations(tmp_pa
     assert "outside-method [offset=1]" not in table  # only default configurations are compared
 
 
+def test_a_record_made_under_an_older_default_is_labelled_by_its_value(tmp_path, monkeypatch):
+    """A default that changed after the run (as DFC's resize did) must not let the old record
+    pass for today's default configuration: its label shows the stored value, and it leaves
+    the comparison with the papers."""
+    store = RecordStore(tmp_path)
+    cells = build_grid([Spec.make("method", "outside-method")], [Spec.make("dataset", "outside-paper-blobs")], [0])
+    run_grid(cells, store, OPTS, progress=False)
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "| outside-method " in text and "Compared with the papers" in text
+    cls = registry.methods.get("outside-method")
+    monkeypatch.setattr(cls, "parameters", {**cls.parameters, "offset": 2})
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "| outside-method [offset=0] " in text and "| outside-method  " not in text
+    assert "Compared with the papers" not in text
+    assert store.records()[0]["method"]["label"] == "outside-method"  # the record itself is untouched
+
+
 def test_report_prints_our_notes_on_differences_under_the_comparison(tmp_path, monkeypatch):
     from bench import papers
 
