@@ -34,7 +34,8 @@ class IFC(Method):
       experts/attention only when S > 3, or always, as an ablation flag"); ``"on"`` always,
       ``"off"`` never (FCMI's single head). With one attribute the "experts" are one deeper
       head, and they cost on digits-reversed (seed 0, 50 epochs, no adversary: MNCE 83.6,
-      ACC 28.5, against 99.9 / 37.6 without them);
+      ACC 28.5, against 99.9 / 37.6 without them; 40 epochs with the confusion adversary:
+      MNCE 0, k-means I(C;G) 0.2–0.5 throughout). Not understood; with S ≤ 3 they are off;
     * hierarchical discriminators, one per attribute plus one over the intersectional cells
       (the code's d→512→256 shape), trained by the same Adam optimiser. Weight ``LambdaAdv``
       = 0.1 (no default is known; §A.10 proposes 1 and sweeping {0.1, 1}). Two choices
@@ -50,7 +51,9 @@ class IFC(Method):
         while the groups stay apart. Without BatchNorm it still relapses: seed 0 reached
         I(C;G) ≈ 0 and jumped back to 0.69 at epoch 36 (final MNCE 99.7), seed 1 ended at
         0.44 (MNCE 76.4); at LambdaAdv 1 it oscillated (final MNCE 0). The confusion target
-        fell to 0.001 and stayed there (MNCE 99.6, ACC 41.2; FCMI: 99.8 / 39.9).
+        fell to 0.001 and stayed there (MNCE 99.6, ACC 41.2; FCMI: 99.8 / 39.9); on a
+        1,000-image subset (20 epochs, seeds 0 and 1) it stayed fair at LambdaAdv 1 too
+        (I(C;G) ≤ 0.006), where reversal swung between 0.02 and 0.69.
       - ``discriminator_norm="none"`` (default): no BatchNorm in the discriminators;
         ``"batch"`` keeps the code's. With BatchNorm, reversal failed at every LambdaFair
         in {0, 0.05, 0.1, 0.2, 0.5} (experts on; Balance 0, MNCE 0, the cross-entropy above
