@@ -268,20 +268,43 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
     return text
 
 
+def _sweep_series(method_name: str, params: dict) -> tuple[str, float]:
+    """(series label, weight) of a configuration in a trade-off plot: configurations of one
+    method that differ only in its fairness weight (``Method.fairness_weight``) form one
+    series, labelled by the method and its other non-default parameters."""
+    try:
+        cls = registry.methods.get(method_name)
+        spec = Spec.from_json("method", {"name": method_name, "params": params})
+        extra = spec.non_default()
+    except UnknownName:
+        return method_name, np.nan
+    weight_key = getattr(cls, "fairness_weight", None)
+    weight = params.get(weight_key, cls.parameters.get(weight_key)) if weight_key else None
+    extra.pop(weight_key, None)
+    label = method_name + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + "]" if extra else "")
+    return label, float(weight) if isinstance(weight, (int, float)) else np.nan
+
+
 def _tradeoff_plot(summary, xkey, ykey, xlabel, ylabel, title, path, plt):
     """Utility against fairness, one point per method configuration with error bars; the
-    configurations of one method (a sweep) are joined by a line in order of fairness."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for mname, g in summary.groupby("method_name", sort=True):
-        pts = sorted((r[xkey][0], r[ykey][0], r[xkey][1], r[ykey][1]) for _, r in g.iterrows())
-        xs, ys, xe, ye = (np.array(v) for v in zip(*pts))
+    configurations of one method that differ only in its fairness weight (a sweep) are one
+    series, joined by a line in order of the weight."""
+    series = defaultdict(list)
+    for _, r in summary.iterrows():
+        label, weight = _sweep_series(r.method_name, r.params)
+        series[label].append((weight, r[xkey][0], r[ykey][0], r[xkey][1], r[ykey][1]))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    colours = plt.cm.tab10.colors if len(series) <= 10 else plt.cm.tab20.colors
+    for i, (label, pts) in enumerate(sorted(series.items())):
+        pts.sort(key=lambda p: (np.nan_to_num(p[0], nan=-1.0), p[1]))
+        _, xs, ys, xe, ye = (np.array(v) for v in zip(*pts))
         ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, linestyle="-" if len(pts) > 1 else "none",
-                    label=mname)
+                    label=label, color=colours[i % len(colours)])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)

@@ -290,3 +290,17 @@ def test_bad_stage_labels_fail_the_cell_with_the_reason(tmp_path, monkeypatch):
     summary = run_grid(_grid(seeds=(0,)), store, OPTS, progress=False)
     assert len(summary.failed) == 1
     assert "stage name 'a b' must be an identifier" in store.records()[0]["error"]
+
+
+def test_trade_off_series_join_only_configurations_that_differ_in_the_fairness_weight():
+    from bench.report import _sweep_series
+
+    def params(**kw):
+        return Spec.make("method", "fcmi", {"epochs": 50, **kw}).param_dict
+
+    a, b = _sweep_series("fcmi", params(beta=0.1)), _sweep_series("fcmi", params(beta=0.5))
+    assert a == ("fcmi [epochs=50]", 0.1) and b == ("fcmi [epochs=50]", 0.5)
+    assert _sweep_series("fcmi", params())[0] == "fcmi [epochs=50]"  # the default weight joins the sweep
+    assert _sweep_series("fcmi", params(kmeans_seed="fixed"))[0] == "fcmi [epochs=50, kmeans_seed=fixed]"
+    label, weight = _sweep_series("not-registered", {"x": 1})
+    assert label == "not-registered" and np.isnan(weight)
