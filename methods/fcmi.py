@@ -73,8 +73,10 @@ class FCMI(Method):
       original's faiss uses its fixed seed 1234 every epoch (§2.1), so each epoch starts from
       the same sample and initial points: ``kmeans_seed="fixed"`` does that with one seed per
       run, ``"1234"`` with the original's seed for every run. Which one the paper's numbers
-      need is not known (an A/B on MNIST-USPS is owed). k-means is skipped in warm-up epochs,
-      where the original used it for logging only.
+      need is not known (an A/B on MNIST-USPS is owed). On digits-reversed (50 epochs, seeds
+      0–2, CPU) the three agree within seed noise: ACC 38.7 ± 2.3 (epoch), 37.4 ± 2.3
+      (fixed), 37.2 ± 3.4 (1234), MNCE ≥ 99.5 in every run. k-means is skipped in warm-up
+      epochs, where the original used it for logging only.
     * If the data set is smaller than one batch, the whole data set is one batch (drop_last
       would leave no batch at all).
     * ``amp`` (bfloat16 autocast on CUDA) is off by default: the paper runs fp32.
