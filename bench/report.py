@@ -271,17 +271,17 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
 def _sweep_series(method_name: str, params: dict) -> tuple[str, float]:
     """(series label, weight) of a configuration in a trade-off plot: configurations of one
     method that differ only in its fairness weight (``Method.fairness_weight``) form one
-    series, labelled by the method and its other non-default parameters."""
+    series, labelled like a leaderboard row with the weight set to its default."""
     try:
         cls = registry.methods.get(method_name)
-        spec = Spec.from_json("method", {"name": method_name, "params": params})
-        extra = spec.non_default()
     except UnknownName:
         return method_name, np.nan
     weight_key = getattr(cls, "fairness_weight", None)
-    weight = params.get(weight_key, cls.parameters.get(weight_key)) if weight_key else None
-    extra.pop(weight_key, None)
-    label = method_name + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + "]" if extra else "")
+    if not weight_key:
+        return Spec.from_json("method", {"name": method_name, "params": params}).label, np.nan
+    weight = params.get(weight_key, cls.parameters.get(weight_key))
+    rest = {**params, weight_key: cls.parameters.get(weight_key)}
+    label = Spec.from_json("method", {"name": method_name, "params": rest}).label
     return label, float(weight) if isinstance(weight, (int, float)) else np.nan
 
 

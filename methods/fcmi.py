@@ -36,13 +36,18 @@ def validate_backbone(name: str, p: dict, choices: dict | None = None) -> None:
             raise ParameterError(f"{name}: {key} must be one of {', '.join(accepted)}")
 
 
+def backbone_embed_dim(p: dict, n_clusters: int) -> int:
+    """The embedding dimension ``embed_dim`` asks for: K for "n_clusters", else the number."""
+    return n_clusters if p["embed_dim"] == "n_clusters" else int(p["embed_dim"])
+
+
 def build_backbone(p: dict, data, seed: int):
     """FCMI's autoencoder (one decoder per primary-attribute value), initialised from ``seed``
     without touching the global RNG: the same network for FCMI and every method built on it."""
-    embed_dim = data.n_clusters if p["embed_dim"] == "n_clusters" else int(p["embed_dim"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return build_autoencoder(data.X.shape[1:], embed_dim, data.n_groups, arch=p["arch"], width=p["width"])
+        return build_autoencoder(data.X.shape[1:], backbone_embed_dim(p, data.n_clusters), data.n_groups,
+                                 arch=p["arch"], width=p["width"])
 
 
 @register_method
@@ -125,8 +130,7 @@ class FCMI(Method):
                 raise ParameterError(f"fcmi: {key} must be >= 0")
 
     def embed_dim(self, n_clusters: int) -> int:
-        value = self.params["embed_dim"]
-        return n_clusters if value == "n_clusters" else int(value)
+        return backbone_embed_dim(self.params, n_clusters)
 
     def fit(self, data, seed, device):
         p = self.params
