@@ -22,6 +22,7 @@ FCMI, and is labelled so. No code is copied.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Sequence
@@ -46,29 +47,27 @@ __all__ = [
     "SAMPLING",
     "ADVERSARY",
     "DISCRIMINATOR_NORM",
+    "EXPERT_FORMS",
 ]
 
 SAMPLING = ("none", "os", "us", "bm")
 ADVERSARY = ("confusion", "reverse")
 DISCRIMINATOR_NORM = ("none", "batch")
+EXPERT_FORMS = ("head", "extra")
 
 
 class MultiExpertEncoder(nn.Module):
-    """Shared trunk F, one expert head E_s per sensitive attribute (Linear→ReLU→Linear,
-    hidden 256), fused by attention a_i = softmax_s(q·k_s(h_i)/√d_a) with a learnable query q
-    and one linear key k_s per expert: z_i = Σ_s a_is E_s(F(x_i)) (§A.10). The fused z is
-    L2-normalised by the autoencoder's ``encode`` as FCMI's embedding is. ``last_attention``
-    keeps the batch's attention weights (detached) for logging."""
+    """Shared trunk F, one expert head E_s per sensitive attribute, fused by attention
+    a_i = softmax_s(q·k_s(h_i)/√d_a) with a learnable query q and one linear key k_s per
+    expert: z_i = Σ_s a_is E_s(F(x_i)) (§A.10). The fused z is L2-normalised by the
+    autoencoder's ``encode`` as FCMI's embedding is. ``last_attention`` keeps the batch's
+    attention weights (detached) for logging."""
 
-    def __init__(self, trunk: nn.Module, trunk_dim: int, embed_dim: int, n_experts: int,
-                 hidden: int = 256, key_dim: int = 32):
+    def __init__(self, trunk: nn.Module, experts: Sequence[nn.Module], trunk_dim: int, key_dim: int = 32):
         super().__init__()
         self.trunk = trunk
-        self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(trunk_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
-            for _ in range(n_experts)
-        )
-        self.keys = nn.ModuleList(nn.Linear(trunk_dim, key_dim) for _ in range(n_experts))
+        self.experts = nn.ModuleList(experts)
+        self.keys = nn.ModuleList(nn.Linear(trunk_dim, key_dim) for _ in self.experts)
         self.query = nn.Parameter(torch.randn(key_dim) / math.sqrt(key_dim))
         self.key_dim = key_dim
         self.last_attention = None
@@ -85,15 +84,47 @@ class MultiExpertEncoder(nn.Module):
         return (weights.unsqueeze(-1) * experts).sum(1)
 
 
-def add_experts(model: nn.Module, n_experts: int, hidden: int = 256, key_dim: int = 32) -> nn.Module:
-    """Replace the last linear layer of an FCMI autoencoder's encoder (``_nets``: the
-    256→d head) by ``n_experts`` expert heads fused by attention; the rest of the encoder is
-    the shared trunk. Modifies and returns ``model``."""
+def _reinitialised_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every layer's parameters drawn afresh (torch's default init,
+    from the global RNG)."""
+    twin = copy.deepcopy(module)
+    for layer in twin.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return twin
+
+
+def add_experts(model: nn.Module, n_experts: int, hidden: int = 256, key_dim: int = 32,
+                form: str = "head") -> nn.Module:
+    """Give an FCMI autoencoder ``n_experts`` expert heads fused by attention. Modifies and
+    returns ``model``.
+
+    * ``form="head"``: the experts are copies of FCMI's own 2-layer head, Linear(·→256) ReLU
+      Linear(256→d) (§A.10: "2-layer MLP, hidden 256"), and the trunk is the encoder before
+      it. Expert 1 is the head the backbone was built with, the others are re-initialised
+      copies, so with one attribute the network is FCMI's (attention over one expert is 1).
+    * ``form="extra"``: the experts, Linear(256→``hidden``) ReLU Linear(→d), replace only the
+      last linear layer, so each adds a hidden layer to FCMI's encoder (our form before this
+      option existed; its one-attribute runs collapse, see :class:`methods.ifc.IFC`).
+    """
     encoder = model.encoder
+    if form == "head":
+        head = encoder[-3:]
+        if not (isinstance(head[0], nn.Linear) and isinstance(head[1], nn.ReLU) and isinstance(head[2], nn.Linear)):
+            raise TypeError("add_experts(form='head') expects an encoder ending in Linear, ReLU, Linear")
+        experts = [head] + [_reinitialised_copy(head) for _ in range(n_experts - 1)]
+        model.encoder = MultiExpertEncoder(encoder[:-3], experts, head[0].in_features, key_dim)
+        return model
+    if form != "extra":
+        raise ValueError(f"unknown expert form {form!r}; accepted: {', '.join(EXPERT_FORMS)}")
     last = encoder[-1]
     if not isinstance(last, nn.Linear):
         raise TypeError("add_experts expects an encoder ending in a Linear layer")
-    model.encoder = MultiExpertEncoder(encoder[:-1], last.in_features, last.out_features, n_experts, hidden, key_dim)
+    experts = [
+        nn.Sequential(nn.Linear(last.in_features, hidden), nn.ReLU(), nn.Linear(hidden, last.out_features))
+        for _ in range(n_experts)
+    ]
+    model.encoder = MultiExpertEncoder(encoder[:-1], experts, last.in_features, key_dim)
     return model
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bench import ParameterError, registry
 from bench.metrics import balance, mutual_information
@@ -124,7 +125,7 @@ def test_confusion_target_moves_the_encoder_to_chance_and_trains_the_discriminat
     discriminator's gradient is that of its own cross-entropy on the detached embedding (the
     confusion term does not reach it). Fails if either side is disconnected or mixed up."""
     model, fairness, coding, centroids = build(data)
-    assert fairness.adversary == "confusion" and not hasattr(model.encoder, "experts")  # auto: 2 attributes
+    assert fairness.adversary == "confusion" and len(model.encoder.experts) == 2  # default: experts on
     sharpen(fairness)
     fairness.gamma = 0.0
     without = encoder_gradient(model, fairness, coding, data, centroids)
@@ -161,12 +162,14 @@ def test_discriminator_batchnorm_is_optional_and_draws_the_same_weights():
 def test_experts_auto_follows_the_number_of_attributes():
     many = registry.datasets.get("synthetic")(n_samples=64, n_features=6, n_clusters=2, n_attributes=4)
     many = many.load().clustering_input()
-    model, _, _, _ = IFC(**TINY).build(many, seed=0, device=CPU)
+    model, _, _, _ = IFC(**TINY, experts="auto").build(many, seed=0, device=CPU)
     assert len(model.encoder.experts) == 4  # S = 4 > explicit_max_attributes = 3
-    model, _, _, _ = IFC(**TINY, explicit_max_attributes=4).build(many, seed=0, device=CPU)
+    model, _, _, _ = IFC(**TINY, experts="auto", explicit_max_attributes=4).build(many, seed=0, device=CPU)
     assert not hasattr(model.encoder, "experts")
     model, _, _, _ = IFC(**TINY, experts="off").build(many, seed=0, device=CPU)
     assert not hasattr(model.encoder, "experts")
+    model, _, _, _ = IFC(**TINY).build(many, seed=0, device=CPU)
+    assert len(model.encoder.experts) == 4  # default: always on
 
 
 def test_attention_changes_the_encoder_gradient(built, data):
@@ -271,11 +274,37 @@ def test_one_attribute(data):
     one = data.primary_only()
     method = IFC(**TINY)
     model, fairness, _, _ = method.build(one, seed=0, device=CPU)
-    assert fairness.joint_discriminator is None and not hasattr(model.encoder, "experts")
-    model, _, _, _ = IFC(**TINY, experts="on").build(one, seed=0, device=CPU)
-    assert len(model.encoder.experts) == 1
+    assert fairness.joint_discriminator is None and len(model.encoder.experts) == 1
     out = method.fit(one, 0, CPU)
     assert out.labels.shape == (240,)
+    # One expert with attention 1 is FCMI's head: the run is the experts-off run exactly.
+    off = IFC(**TINY, experts="off").fit(one, 0, CPU)
+    np.testing.assert_array_equal(out.labels, off.labels)
+    np.testing.assert_array_equal(out.embedding, off.embedding)
+
+
+def test_expert_heads_are_fcmis_head(data):
+    """expert_form="head" (default): each expert is FCMI's 2-layer head (Linear, ReLU, Linear)
+    on the encoder trunk; with one attribute the embedding at initialisation is FCMI's exactly
+    (expert 1 is the backbone's own head, attention over one expert is 1), with two the second
+    head is a fresh copy. expert_form="extra" adds a hidden layer per expert instead."""
+    one = data.primary_only()
+    x = torch.as_tensor(one.X[:64])
+    plain, _, _, _ = IFC(**TINY, experts="off").build(one, seed=0, device=CPU)
+    experts, _, _, _ = IFC(**TINY, experts="on").build(one, seed=0, device=CPU)
+    plain.eval(), experts.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(experts.encode(x), plain.encode(x), rtol=0, atol=0)
+    two, _, _, _ = IFC(**TINY, experts="on").build(data, seed=0, device=CPU)
+    heads = two.encoder.experts
+    assert len(heads) == 2 and [type(m) for m in heads[0]] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert heads[1][0].weight.shape == heads[0][0].weight.shape and heads[1][2].weight.shape == heads[0][2].weight.shape
+    assert not torch.equal(heads[0][0].weight, heads[1][0].weight)
+    assert two.encoder.keys[0].in_features == heads[0][0].in_features  # keys read the trunk's output
+    extra, _, _, _ = IFC(**TINY, experts="on", expert_form="extra").build(data, seed=0, device=CPU)
+    trunk_out = extra.encoder.keys[0].in_features
+    assert extra.encoder.experts[0][0].in_features == trunk_out == heads[0][2].in_features  # one layer deeper
+    assert extra.encoder.experts[0][0].out_features == TINY["expert_hidden"]
 
 
 def test_parameter_validation():
@@ -283,6 +312,8 @@ def test_parameter_validation():
         IFC(sampling="labels")
     with pytest.raises(ParameterError, match="experts must be one of auto, on, off"):
         IFC(experts=True)
+    with pytest.raises(ParameterError, match="expert_form must be one of head, extra"):
+        IFC(expert_form="deep")
     with pytest.raises(ParameterError, match="adversary must be one of confusion, reverse"):
         IFC(adversary="grl")
     with pytest.raises(ParameterError, match="discriminator_norm must be one of none, batch"):
@@ -310,6 +341,6 @@ def test_default_adversary_keeps_the_fairness_term_working_on_real_digits():
                                   digits.groups[:, 0])
 
     default, unfair = mi(), mi(LambdaFair=0.0)
-    old = mi(experts="on", adversary="reverse", discriminator_norm="batch")
+    old = mi(experts="on", expert_form="extra", adversary="reverse", discriminator_norm="batch")
     assert unfair > 0.3 and old > 0.3  # log 2 = 0.69: clusters follow the groups
     assert default < 0.3 * min(unfair, old)
