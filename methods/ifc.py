@@ -86,8 +86,11 @@ class IFC(Method):
 
       The adversary alone does not make the clustering fair here (LambdaFair 0, reversal,
       no BatchNorm: MNCE 0); the joint I(C;G) term does the work and the adversary must not
-      undo it. The records made before these options (experts always on, reversal,
-      BatchNorm) are kept under that explicit configuration;
+      undo it. The records made before these options (extra-layer experts always on,
+      reversal, BatchNorm) are kept under that explicit configuration (``expert_form=extra,
+      adversary=reverse, discriminator_norm=batch``); one-attribute records made with
+      ``experts="auto"`` (no experts) were relabelled ``experts="on"``, which gives the same
+      labels bit for bit (a rerun of digits-reversed [LambdaAdv=0, epochs=50] seed 0 did);
     * L = Reconstruction·L_rec + LambdaClu·(H(C|X) − H(C)) + LambdaFair·L_fair
       + LambdaAdv·L_adv + LambdaIntersectionalBalance·L_IB, README defaults 1.0 / 0.04 / 0.20 /
       (none: 0.1) / 0.0; L_fair = I(C; G_1×…×G_S) explicit over the joint cells when S ≤ 3, the
