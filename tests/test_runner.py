@@ -304,3 +304,24 @@ def test_trade_off_series_join_only_configurations_that_differ_in_the_fairness_w
     assert _sweep_series("fcmi", params(kmeans_seed="fixed"))[0] == "fcmi [epochs=50, kmeans_seed=fixed]"
     label, weight = _sweep_series("not-registered", {"x": 1})
     assert label == "not-registered" and np.isnan(weight)
+
+
+def test_report_flags_runs_whose_soft_assignments_collapsed(tmp_path):
+    """A run whose last-epoch H(C|X) is at least 90 % of log K is listed under "Collapsed soft
+    assignments" with its seed and ratio; a run below is not; methods without the history key
+    are never listed."""
+    store = RecordStore(tmp_path)
+    fcmi = Spec.make("method", "fcmi", registry.methods.get("fcmi").test_parameters)
+    cells = build_grid([fcmi, Spec.make("method", "kmeans", {"n_init": 1, "n_iter": 10})],
+                       [Spec.make("dataset", "synthetic", {"n_samples": 200})], [0, 1])
+    run_grid(cells, store, OPTS, progress=False)
+    log_k = np.log(store.records()[0]["n_clusters"])
+    for path in tmp_path.rglob("seed*.json"):
+        rec = json.loads(path.read_text())
+        if rec["method"]["name"] == "fcmi":
+            assert "h_c_given_x" in rec["history"][-1]
+            rec["history"][-1]["h_c_given_x"] = (0.95 if rec["seed"] == 1 else 0.5) * log_k
+            path.write_text(json.dumps(rec))
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    notes = text[text.index("Collapsed soft assignments"):].split("\n\n")[1].splitlines()
+    assert notes == ["- fcmi [test config]: seed 1 (0.95)"]
