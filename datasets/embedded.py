@@ -7,6 +7,8 @@ from sklearn.datasets import load_digits
 
 from bench import Attribute, Dataset, LabelledData, ParameterError, register_dataset
 
+from ._synthetic_attribute import SYNTHETIC_ATTRIBUTE, synthetic_attribute
+
 
 @register_dataset
 class DigitsReversed(Dataset):
@@ -14,14 +16,16 @@ class DigitsReversed(Dataset):
     copies, the small-scale analogue of Color-Reverse MNIST (FCMI §5, DFC §4): pixels scaled to
     [0, 1], reversed copy 1 − x, sensitive attribute = reversed (0 original, 1 reversed),
     10 clusters. ``reversed_fraction`` < 1 keeps a seeded subset of the reversed copies to make
-    the groups unequal."""
+    the groups unequal. ``ifc_attribute=True`` adds IFC's random binary 60/40 attribute as a
+    second one (:mod:`datasets._synthetic_attribute`, as for ``reverse-mnist``): an image and its
+    reversed twin share the value."""
 
     name = "digits-reversed"
     description = "sklearn digits + colour-reversed copies (embedded, no download); group = reversed"
     summary = "3,594 images 1x8x8 in [0,1]; 10 clusters; attribute reversed (2)"
     paper = "Color-Reverse MNIST construction of DFC (Li et al., CVPR 2020) and FCMI (Zeng et al., CVPR 2023)"
     embedded = True
-    parameters = {"reversed_fraction": 1.0}
+    parameters = {"reversed_fraction": 1.0, "ifc_attribute": False}
 
     def validate(self):
         if not 0 < self.params["reversed_fraction"] <= 1:
@@ -39,11 +43,12 @@ class DigitsReversed(Dataset):
         X = np.concatenate([x, 1.0 - x[keep]])
         labels = np.concatenate([y, y[keep]])
         groups = np.concatenate([np.zeros(len(y)), np.ones(len(keep))]).astype(np.int64)
-        return LabelledData(
-            X=X, y=labels, groups=groups,
-            attributes=(Attribute("reversed", 2, ("original", "reversed")),),
-            n_clusters=10, name=self.name,
-        )
+        attributes = (Attribute("reversed", 2, ("original", "reversed")),)
+        if self.params["ifc_attribute"]:
+            values = synthetic_attribute([len(y)])
+            groups = np.stack([groups, np.concatenate([values, values[keep]])], 1)
+            attributes += (SYNTHETIC_ATTRIBUTE,)
+        return LabelledData(X=X, y=labels, groups=groups, attributes=attributes, n_clusters=10, name=self.name)
 
 
 @register_dataset

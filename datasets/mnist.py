@@ -20,6 +20,7 @@ import numpy as np
 from bench import Attribute, Dataset, LabelledData, register_dataset
 
 from ._download import DatasetNotFound, Resource, fetch, locate, verify
+from ._synthetic_attribute import SYNTHETIC_ATTRIBUTE, synthetic_attribute
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 
@@ -184,6 +185,11 @@ class MnistUsps(Dataset):
       upsampled 16→28 with PIL bilinear resampling (torchvision's ``Resize`` on PIL images),
       rounded to uint8; MNIST is already 28×28 (``Resize(28)`` is then a no-op).
     * x/255, then (x − 0.5)/0.5: float32 (n, 1, 28, 28) in [-1, 1].
+
+    ``ifc_attribute=True`` adds IFC's second attribute, a random binary 60/40 split drawn per
+    source (:mod:`datasets._synthetic_attribute`; reconstructed), after the source: the
+    primary attribute stays the source, so single-attribute methods see the same data (IFC
+    lists the synthetic one first; its joint term does not depend on the order).
     """
 
     name = "mnist-usps"
@@ -191,6 +197,7 @@ class MnistUsps(Dataset):
     summary = "67,291 images 1x28x28 in [-1,1]; 10 clusters; source (2: mnist 60,000 / usps 7,291)"
     paper = "DFC (Li et al., CVPR 2020) as built by FCMI (Zeng et al., CVPR 2023)"
     paper_name = "mnist-usps"
+    parameters = {"ifc_attribute": False}
 
     def load(self, data_dir) -> LabelledData:
         info: dict = {"preprocessing": "USPS torchvision uint8, PIL bilinear Resize(28); ToTensor; Normalize(0.5,0.5)"}
@@ -201,10 +208,11 @@ class MnistUsps(Dataset):
         to_unit_range(resize_like_torchvision(xu, 28), out=X[len(xm):])
         y = np.concatenate([ym, yu])
         g = np.concatenate([np.zeros(len(ym), np.int64), np.ones(len(yu), np.int64)])
-        return LabelledData(
-            X=X, y=y, groups=g, attributes=(Attribute("source", 2, ("mnist", "usps")),),
-            n_clusters=10, name=self.name, info=info,
-        )
+        attributes = (Attribute("source", 2, ("mnist", "usps")),)
+        if self.params["ifc_attribute"]:
+            g = np.stack([g, synthetic_attribute([len(ym), len(yu)])], 1)
+            attributes += (SYNTHETIC_ATTRIBUTE,)
+        return LabelledData(X=X, y=y, groups=g, attributes=attributes, n_clusters=10, name=self.name, info=info)
 
 
 @register_dataset
@@ -214,6 +222,12 @@ class ReverseMnist(Dataset):
     MNIST train (60,000, group 0) followed by the same images colour-reversed (60,000,
     group 1) = 120,000; 10 clusters. Originals: ToTensor, Normalize(0.5, 0.5). Reversed:
     ToTensor, x → 1 − x, Normalize(0.5, 0.5). Float32 (n, 1, 28, 28) in [-1, 1].
+
+    ``ifc_attribute=True`` adds IFC's second attribute, a random binary 60/40 split drawn per
+    copy, so that an image and its reversed twin share it (:mod:`datasets._synthetic_attribute`;
+    reconstructed), after the source: the primary attribute stays reversed, so
+    single-attribute methods see the same data (IFC lists the synthetic one first; its joint
+    term does not depend on the order).
     """
 
     name = "reverse-mnist"
@@ -221,6 +235,7 @@ class ReverseMnist(Dataset):
     summary = "120,000 images 1x28x28 in [-1,1]; 10 clusters; reversed (2: 60,000 / 60,000)"
     paper = "DFC (Li et al., CVPR 2020) as built by FCMI (Zeng et al., CVPR 2023)"
     paper_name = "reverse-mnist"
+    parameters = {"ifc_attribute": False}
 
     def load(self, data_dir) -> LabelledData:
         info: dict = {"preprocessing": "ToTensor; reversed copy 1-x; Normalize(0.5,0.5)"}
@@ -230,7 +245,8 @@ class ReverseMnist(Dataset):
         to_unit_range(xm, reverse=True, out=X[len(xm):])
         y = np.concatenate([ym, ym])
         g = np.concatenate([np.zeros(len(ym), np.int64), np.ones(len(ym), np.int64)])
-        return LabelledData(
-            X=X, y=y, groups=g, attributes=(Attribute("reversed", 2, ("original", "reversed")),),
-            n_clusters=10, name=self.name, info=info,
-        )
+        attributes = (Attribute("reversed", 2, ("original", "reversed")),)
+        if self.params["ifc_attribute"]:
+            g = np.stack([g, synthetic_attribute([len(ym), len(ym)])], 1)
+            attributes += (SYNTHETIC_ATTRIBUTE,)
+        return LabelledData(X=X, y=y, groups=g, attributes=attributes, n_clusters=10, name=self.name, info=info)

@@ -107,3 +107,33 @@ def test_reverse_mnist(shared_data):
     np.testing.assert_allclose(d.X[60000 + idx], -d.X[idx], atol=1e-6)
     first = torch.from_numpy(((d.X[:1] * 0.5 + 0.5) * 255).round().astype(np.uint8)).float().div(255)
     assert np.array_equal(d.X[60000:60001], ((1 - first) - 0.5).div(0.5).numpy())
+
+
+def test_ifc_synthetic_attribute(shared_data):
+    """IFC's second attribute (ifc_infomin.md §A.5): exactly 60 % zeros in each component,
+    the same values for an image and its reversed twin, seeded; the primary attribute and the
+    images are unchanged."""
+    plain = registry.datasets.get("reverse-mnist")().load(shared_data)
+    d = registry.datasets.get("reverse-mnist")(ifc_attribute=True).load(shared_data)
+    assert [a.name for a in d.attributes] == ["reversed", "synthetic"] and d.groups.shape == (120000, 2)
+    np.testing.assert_array_equal(d.groups[:, 0], plain.groups[:, 0])
+    assert np.array_equal(d.X[::997], plain.X[::997])
+    s = d.groups[:, 1]
+    assert np.bincount(s[:60000]).tolist() == [36000, 24000]
+    np.testing.assert_array_equal(s[:60000], s[60000:])  # twins share the value
+    for c in range(10):  # independent of the digit: every class near 60 %
+        assert abs((s[:60000][d.y[:60000] == c] == 0).mean() - 0.6) < 0.03
+    digits = registry.datasets.get("digits-reversed")(ifc_attribute=True).load()
+    assert np.bincount(digits.groups[:1797, 1]).tolist() == [1078, 719]
+    np.testing.assert_array_equal(digits.groups[:1797, 1], digits.groups[1797:, 1])
+    again = registry.datasets.get("digits-reversed")(ifc_attribute=True, reversed_fraction=0.5).load()
+    np.testing.assert_array_equal(again.groups[:1797, 1], digits.groups[:1797, 1])
+
+
+def test_ifc_synthetic_attribute_on_mnist_usps(mnist_usps, shared_data):
+    d = registry.datasets.get("mnist-usps")(ifc_attribute=True).load(shared_data)
+    np.testing.assert_array_equal(d.groups[:, 0], mnist_usps.groups[:, 0])
+    s = d.groups[:, 1]
+    assert np.bincount(s[:60000]).tolist() == [36000, 24000]
+    assert np.bincount(s[60000:]).tolist() == [4375, 2916]  # round(0.6 · 7,291) = 4,375
+    assert d.clustering_input().joint_groups()[1] == 4
