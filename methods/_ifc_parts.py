@@ -101,11 +101,12 @@ def add_experts(model: nn.Module, n_experts: int, hidden: int = 256, key_dim: in
 
     * ``form="head"``: the experts are copies of FCMI's own 2-layer head, Linear(·→256) ReLU
       Linear(256→d) (§A.10: "2-layer MLP, hidden 256"), and the trunk is the encoder before
-      it. Expert 1 is the head the backbone was built with, the others are re-initialised
+      it. The first expert is the head the backbone was built with, the others are re-initialised
       copies, so with one attribute the network is FCMI's (attention over one expert is 1).
     * ``form="extra"``: the experts, Linear(256→``hidden``) ReLU Linear(→d), replace only the
       last linear layer, so each adds a hidden layer to FCMI's encoder (our form before this
-      option existed; its one-attribute runs collapse, see :class:`methods.ifc.IFC`).
+      option existed; its one-attribute run on digits-reversed collapsed, see
+      :class:`methods.ifc.IFC`).
     """
     encoder = model.encoder
     if form == "head":
