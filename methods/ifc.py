@@ -50,9 +50,11 @@ class IFC(Method):
       softmax(z·μ/0.1) uses unit-norm z and centroids, so an encoder that gathers the
       embedding into a small cap of the sphere makes every sample's assignment near-uniform:
       the soft I(C;G) term vanishes, H(C|X) − H(C) rises only to 0 (weight 0.04), while the
-      hard k-means clustering of the small remaining spread still follows the groups. It pays
-      roughly when LambdaFair·I(C; joint) of a group-split clustering outweighs LambdaClu·log K
-      (reconstruction aside), i.e. with many joint cells or few clusters. Seen on Adult
+      hard k-means clustering of the small remaining spread still follows the groups. Any term
+      that a shrunken spread satisfies can drive it (the soft fairness term; the confusion
+      adversary, whose discriminators then cannot read the embedding); only the clustering
+      term LambdaClu·(H(C|X) − H(C)) opposes it, and it is weakest with few clusters
+      (0.04·log K). Seen on Adult
       (sex × race, 10 cells, K = 2; seed 0, 30 epochs, CPU, experts off): H(C|X) went to
       log 2 from the third clustering epoch and the k-means I(C;sex) rose from 0.001 to 0.12
       (final MNCE on sex 48.6, joint 63.0), where FCMI on sex alone, same seed and schedule,
@@ -66,9 +68,9 @@ class IFC(Method):
       0 stayed sharp (H(C|X) ≤ 0.02) and fair (MNCE on sex 99.6, joint 96.2), and so did
       LambdaAdv 0.01 (H(C|X) ≤ 0.07; 98.8, joint 97.2), and so did gradient reversal at 0.1
       (``adversary="reverse"``, no BatchNorm: H(C|X) ≤ 0.09; 98.8, joint 99.9), the form
-      that relapsed on digits-reversed. Our reading: the confusion gradient
-      moves every embedding toward the discriminators' region of doubt, which gathers the
-      embedding, and with K = 2 the clustering term (0.04·log 2) is too weak to hold the
+      that relapsed on digits-reversed. Our reading: the confusion gradient moves every
+      embedding toward the discriminators' region of doubt, which gathers the embedding, and
+      with K = 2 the clustering term (0.04·log 2) is too weak to hold the
       clusters apart; on digits-reversed (K = 10) LambdaAdv 0, 0.1 and 1 all ended sharp and
       fair. LambdaAdv stays 0.1 (no default is known, and one seed on one data set is not
       enough to set one); on data with few clusters, check the flag and lower it. The
