@@ -73,9 +73,8 @@ def soft_entropy_ratio(record: dict) -> float:
 def collapse_notes(df: pd.DataFrame) -> list[str]:
     """One line per configuration with runs whose soft assignments ended near-uniform: the
     soft fairness terms are then met trivially while the hard clustering may still follow
-    the groups (the collapse described in :class:`methods.ifc.IFC`)."""
-    if "soft_entropy_ratio" not in df:
-        return []
+    the groups (the collapse described in :class:`methods.ifc.IFC`). ``df``: a
+    :func:`records_frame`, which always has the ``soft_entropy_ratio`` column."""
     hit = df[(df.status == "ok") & (df.soft_entropy_ratio >= COLLAPSE_RATIO)]
     lines = []
     for method, runs in sorted(hit.groupby("method"), key=lambda kv: kv[0]):

@@ -5,7 +5,9 @@ import torch
 
 from bench import Method, MethodOutput, ParameterError, register_method
 
-from ._ifc_parts import ADVERSARY, DISCRIMINATOR_NORM, EXPERT_FORMS, SAMPLING, IFCFairness, add_experts, resample_indices
+from ._ifc_parts import (
+    ADVERSARY, DISCRIMINATOR_NORM, EXPERT_FORMS, SAMPLING, IFCFairness, add_experts, resample_indices,
+)
 from ._multi_attr import JointCoding, StepRecorder, train_multi_attribute
 from .fcmi import FCMI, build_backbone, validate_backbone
 
