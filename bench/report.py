@@ -46,7 +46,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
                "device": short_device(r.get("device", ""), r.get("jobs", 1)),
-               "soft_entropy_ratio": soft_entropy_ratio(r)}
+               "soft_entropy_ratio": soft_entropy_ratio(r), **fairness_cost(r)}
         for k, v in (r.get("metrics") or {}).items():
             row["m:" + k] = v
         for stage, metrics in (r.get("stages") or {}).items():
@@ -82,6 +82,23 @@ def collapse_notes(df: pd.DataFrame) -> list[str]:
         seeds = ", ".join(f"{int(s)} ({v:.2f})" for s, v in zip(runs.seed, runs.soft_entropy_ratio))
         lines.append(f"- {method}: {'seeds' if len(runs) > 1 else 'seed'} {seeds}")
     return lines
+
+
+def fairness_cost(record: dict) -> dict:
+    """Cost of a run's fairness term, from the history rows that time it (infomin-*, ifc:
+    :class:`methods._multi_attr.StepRecorder`): mean milliseconds per fairness step (estimator
+    max-step + penalty forward), of which the estimator's max-step (``fair_fit_s``, the
+    infomin paper's axis; absent for terms without one), and mean seconds per such epoch.
+    Empty for methods that do not time their fairness term."""
+    rows = [h for h in record.get("history") or [] if "fair_step_s" in h]
+    if not rows:
+        return {}
+    out = {"m:fair_step_ms": 1000.0 * float(np.mean([h["fair_step_s"] for h in rows])),
+           "m:fair_epoch_s": float(np.mean([h["time_s"] for h in rows if "time_s" in h] or [np.nan]))}
+    fits = [h["fair_fit_s"] for h in rows if "fair_fit_s" in h]
+    if fits:
+        out["m:fair_fit_ms"] = 1000.0 * float(np.mean(fits))
+    return out
 
 
 #: What the intermediate-stage table shows (a stage scored like the final labels).
@@ -218,6 +235,28 @@ def stages_table(df: pd.DataFrame) -> str | None:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) if rows else None
 
 
+def fairness_cost_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
+    """Time spent on the fairness term beside what it buys (the infomin paper's axis), per
+    configuration and device: timings from different devices (or from jobs sharing the
+    cores, "CPU ×2") are never averaged together. Joint MNCE only with several attributes."""
+    if "m:fair_step_ms" not in df:
+        return None
+    timed = df[df["m:fair_step_ms"].notna()]
+    keys = ["fair_step_ms", "fair_fit_ms", "fair_epoch_s", "acc", "mnce"] + (["mnce[joint]"] if len(attributes) > 1 else [])
+    digits = {"fair_step_ms": 2, "fair_fit_ms": 2}
+    rows = []
+    for device in sorted(timed.device.unique()):
+        for _, r in _summary(timed[timed.device == device], keys).iterrows():
+            if r.n_ok:
+                rows.append([r.method, device, str(r.n_ok)] + [_fmt(*r[k], digits=digits.get(k, 1)) for k in keys])
+    if not rows:
+        return None
+    rows.sort(key=lambda row: (row[0], row[1]))
+    headers = ["method", "device", "seeds", "fairness step ms", "estimator fit ms", "epoch s", "ACC", "MNCE"] + (
+        ["MNCE joint"] if len(attributes) > 1 else [])
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
 def intersectional_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
     if len(attributes) < 2:
         return None
@@ -285,6 +324,11 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
                           "brackets): every soft assignment is near-uniform, so the soft fairness term is met "
                           "without fair clusters; the hard labels can still follow the groups (`methods/ifc.py`):",
                           "", *collapsed, ""]
+            cost = fairness_cost_table(d, attrs)
+            if cost:
+                lines += ["Cost of the fairness term (mean per clustering epoch: milliseconds per step of the "
+                          "fairness term, of which the estimator's own fit, and seconds per epoch; timings are "
+                          "per device and comparable only within one):", "", cost, ""]
             stab = stages_table(d)
             if stab:
                 lines += ["Intermediate stages (diagnosis only: the labels a method had part-way, scored like "

@@ -325,3 +325,38 @@ def test_report_flags_runs_whose_soft_assignments_collapsed(tmp_path):
     text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
     notes = text[text.index("Collapsed soft assignments"):].split("\n\n")[1].splitlines()
     assert notes == ["- fcmi [test config]: seed 1 (0.95)"]
+
+
+def test_report_times_the_fairness_term_per_device(tmp_path):
+    """The cost table lists each method that times its fairness term (infomin, IFC), with the
+    mean of the history's per-epoch ``fair_step_s`` in milliseconds, the estimator's fit only
+    where there is one, and never averages runs from different devices; FCMI (no timing) and
+    k-means are not listed."""
+    store = RecordStore(tmp_path)
+    specs = [Spec.make("method", m, registry.methods.get(m).test_parameters) for m in ("infomin-slice", "ifc", "fcmi")]
+    cells = build_grid(specs, [Spec.make("dataset", "synthetic", {"n_samples": 200})], [0, 1])
+    run_grid(cells, store, OPTS, progress=False)
+    expected = {}
+    for path in tmp_path.rglob("seed*.json"):
+        rec = json.loads(path.read_text())
+        if rec["method"]["name"] == "ifc" and rec["seed"] == 1:
+            rec["jobs"] = 2  # as if it had shared the cores with another job
+        if rec["method"]["name"] == "infomin-slice":  # epochs of unequal cost: a mean, not a median
+            last = rec["history"][-1]
+            rec["history"] += [{**last, "fair_step_s": 3 * last["fair_step_s"]},
+                               {**last, "fair_step_s": 10 * last["fair_step_s"]}]
+        path.write_text(json.dumps(rec))
+        steps = [h["fair_step_s"] for h in rec["history"] if "fair_step_s" in h]
+        expected[rec["method"]["name"], rec["seed"]] = 1000 * np.mean(steps) if steps else None
+    assert expected["fcmi", 0] is None and expected["infomin-slice", 0] > 0 and expected["ifc", 0] > 0
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    table = text[text.index("Cost of the fairness term"):].split("\n\n")[1].splitlines()[2:]
+    rows = {(c[0], c[1]): c[2:] for c in ([x.strip() for x in line.strip("|").split("|")] for line in table)}
+    assert set(rows) == {("ifc [test config]", "CPU"), ("ifc [test config]", "CPU ×2"),
+                         ("infomin-slice [test config]", "CPU")}
+    slice_ms = [expected["infomin-slice", s] for s in (0, 1)]
+    assert rows["infomin-slice [test config]", "CPU"][:2] == [
+        "2", f"{np.mean(slice_ms):.2f} ± {np.std(slice_ms, ddof=1):.2f}"]
+    assert rows["infomin-slice [test config]", "CPU"][2] != "–"  # the sliced estimator has a fit step
+    assert rows["ifc [test config]", "CPU"][:3] == ["1", f"{expected['ifc', 0]:.2f}", "–"]
+    assert rows["ifc [test config]", "CPU ×2"][:2] == ["1", f"{expected['ifc', 1]:.2f}"]
