@@ -411,16 +411,24 @@ def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
         _tradeoff_plot(summary, "mnce[joint]", "nmi", "joint (intersectional) MNCE (%)  → fairer",
                        "NMI (%)", f"{dkey}: utility vs intersectional fairness", figures_dir / names[-1], plt)
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.6), sharey=False)
+    # Horizontal bars, one row per configuration shared by every panel: long configuration
+    # names stay readable however many rows a sweep adds.
     labels = summary["method"].tolist()
+    n = len(labels)
+    label_inches = 0.065 * max(len(s) for s in labels)
+    fig, axes = plt.subplots(1, len(keys), figsize=(label_inches + 1.7 * len(keys), 1.2 + 0.22 * n), sharey=True)
+    colours = plt.cm.tab10(np.arange(n) % 10)
     for ax, (k, label, _) in zip(axes, HEADLINE):
         means = [r[k][0] for _, r in summary.iterrows()]
         stds = [r[k][1] for _, r in summary.iterrows()]
-        ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color=plt.cm.tab10(np.arange(len(labels)) % 10))
-        ax.set_title(label)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    fig.suptitle(f"{dkey}: mean ± std over seeds")
+        ax.barh(range(n), means, xerr=stds, capsize=2, color=colours, height=0.7)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(n))
+    axes[0].set_yticklabels(labels, fontsize=7)
+    axes[0].invert_yaxis()  # first configuration on top, as in the table
+    fig.suptitle(f"{dkey}: mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     name = f"{dkey}_metrics.png"
     fig.savefig(figures_dir / name, dpi=100, metadata={"Software": None})
