@@ -251,6 +251,10 @@ def _main(argv) -> int:
                 print(text)
     print(f"{len(cells)} cells: {len(summary.ran)} ran, {len(summary.skipped)} already done, "
           f"{len(summary.not_applicable)} not applicable, {len(summary.failed)} failed. Leaderboard: {leaderboard}")
+    if summary.relocated:
+        print(f"{len(summary.relocated)} records of configurations that were the default when they ran moved to "
+              f"their own folders, so that nothing was overwritten: {'; '.join(summary.relocated[:3])}"
+              + (" ..." if len(summary.relocated) > 3 else ""))
     for cell, record in summary.failed:
         print(f"  failed: {cell}: {record['error']}", file=sys.stderr)
     return 1 if summary.failed else 0

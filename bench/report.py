@@ -17,6 +17,7 @@ from . import papers, registry
 from .metrics import HEADLINE
 from .registry import UnknownName
 from .runner import Spec
+from .store import own_key
 
 PERCENT = {"acc", "nmi", "ari", "balance", "ratio_balance", "mnce", "f1"}
 
@@ -41,7 +42,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         row = {"dataset_key": r["dataset"]["key"], "dataset": current_label("dataset", r["dataset"]),
-               "dataset_name": r["dataset"]["name"], "method_key": r["method"]["key"],
+               "dataset_name": r["dataset"]["name"], "method_key": own_key(r["method"]["name"], r["method"]["params"], r["method"].get("version", "1")),
                "method": current_label("method", r["method"]), "method_name": r["method"]["name"],
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
@@ -53,7 +54,31 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             for k in STAGE_METRICS:
                 row[f"m:{stage}:{k}"] = metrics.get(k, np.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _tell_apart(pd.DataFrame(rows), records)
+
+
+def _declared_but_not_stored(stored: dict) -> list[str]:
+    """Parameters the method declares today that a record's configuration lacks (it was made
+    before they existed)."""
+    try:
+        declared = registry.methods.get(stored["name"]).parameters
+    except UnknownName:
+        return []
+    return sorted(set(declared) - set(stored["params"]))
+
+
+def _tell_apart(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """Two configurations of one dataset can carry the same label when one was made before a
+    parameter existed (its label cannot name a value it never had). Such rows become
+    ``name [before <parameter>]``, which also keeps them out of the comparison with the papers."""
+    if df.empty:
+        return df
+    missing = pd.Series([", ".join(_declared_but_not_stored(r["method"])) for r in records], index=df.index)
+    clash = df.groupby(["dataset_key", "method"]).method_key.transform("nunique") > 1
+    older = clash & (missing != "")
+    df.loc[older, "method"] = [f"{m[:-1]}, before {x}]" if m.endswith("]") else f"{m} [before {x}]"
+                               for m, x in zip(df.method[older], missing[older])]
+    return df
 
 
 #: Final H(C|X) at or above this share of log K marks a run's soft assignments as collapsed.

@@ -28,7 +28,7 @@ from .metrics import evaluate
 from .paths import PROJECT_ROOT, default_data_dir
 from .provenance import device_name, git_commit, library_versions
 from .seeding import resolve_device, seed_everything
-from .store import RecordStore
+from .store import RecordStore, own_key
 
 
 def _short_hash(obj) -> str:
@@ -88,7 +88,7 @@ class Spec:
     def key(self) -> str:
         """Folder name: readable, and unique per configuration."""
         extra = self.non_default()
-        return self.name if not extra else f"{self.name}-{_short_hash([self.params, self.version])}"
+        return self.name if not extra else own_key(self.name, self.param_dict, self.version)
 
     def to_json(self) -> dict:
         return {"name": self.name, "params": self.param_dict, "version": self.version, "key": self.key,
@@ -279,6 +279,7 @@ class GridSummary:
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     not_applicable: list = field(default_factory=list)
+    relocated: list = field(default_factory=list)  # records of older defaults moved aside
 
     def add(self, cell, record):
         {"ok": self.ran, "failed": self.failed, "not_applicable": self.not_applicable}[record["status"]].append(
@@ -302,6 +303,7 @@ def run_grid(cells: list[Cell], store: RecordStore, options: RunOptions, executo
             summary.skipped.append(cell)
         else:
             todo.append(cell)
+    summary.relocated = store.make_room(todo)
     if executor == "local":
         _run_local(todo, store, options, summary, progress)
     elif executor == "ray":

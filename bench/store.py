@@ -15,8 +15,10 @@ before the record, so a record that exists always has its labels. A record's ``s
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,6 +48,18 @@ def _npz_bytes(**arrays) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
+
+
+def own_key(name: str, params: dict, version: str) -> str:
+    """The folder name of a configuration that is not today's default: its name and a hash of
+    every parameter and the version (:attr:`bench.runner.Spec.key`). A default configuration
+    lives under the plain name instead, so a record keeps its own folder only until a default
+    changes; :meth:`RecordStore.make_room` then moves it here."""
+    text = json.dumps([sorted([k, v] for k, v in params.items()), version], sort_keys=True)
+    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+FINISHED = ("ok", "not_applicable")
 
 
 class RecordStore:
@@ -81,6 +95,62 @@ class RecordStore:
             record = {**record, "labels_file": path.with_suffix(".npz").name}
         atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
         return path
+
+    def make_room(self, cells) -> list[str]:
+        """Move aside the finished records of other configurations from the folders the given
+        cells write to: a record made before a default changed sits in the plain folder that
+        today's default configuration also maps to (``runs/mnist-usps/fcmi/`` then holds
+        another configuration), where a new run would overwrite it seed by seed.
+        Records of an older dataset configuration go to their dataset's own folder (with a
+        copy of its ``truth.npz``), then records of an older method configuration to the
+        method's own folder; the ``key`` each record stores is rewritten to match, and
+        ``relocated_from`` names where it was. Nothing is deleted; failed records of another
+        configuration are left to be overwritten, as a retry would. Returns "old -> new" per
+        moved record."""
+        moved = []
+        for dataset in {c.dataset.key: c.dataset for c in cells}.values():
+            moved += self._move_records(
+                self.runs / dataset.key, "*/seed*.json", "dataset",
+                lambda rec, d=dataset: (rec["dataset"]["params"], rec["dataset"].get("version", "1"))
+                != (d.param_dict, d.version))
+        for cell in {(c.dataset.key, c.method.key): c for c in cells}.values():
+            moved += self._move_records(
+                self.record_path(cell).parent, "seed*.json", "method",
+                lambda rec, m=cell.method: (rec["method"]["params"], rec["method"].get("version", "1"))
+                != (m.param_dict, m.version))
+        return moved
+
+    def _move_records(self, folder: Path, pattern: str, kind: str, stale) -> list[str]:
+        moved = []
+        for path in sorted(folder.glob(pattern)):
+            try:
+                rec = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+            if rec.get("status") not in FINISHED or not stale(rec):
+                continue
+            spec = rec[kind]
+            new_key = own_key(spec["name"], spec["params"], spec.get("version", "1"))
+            if kind == "dataset":
+                target = self.runs / new_key / path.parent.name / path.name
+                truth = folder / "truth.npz"
+                if truth.exists() and not (target.parents[1] / "truth.npz").exists():
+                    target.parents[1].mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(truth, target.parents[1] / "truth.npz")
+            else:
+                target = folder.parent / new_key / path.name
+            if target.exists():
+                raise FileExistsError(f"cannot move {path} of an older configuration: {target} exists")
+            labels = path.parent / rec["labels_file"] if rec.get("labels_file") else None
+            if labels is not None and labels.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(labels, target.parent / labels.name)
+            rec[kind] = {**spec, "key": new_key}
+            rec["relocated_from"] = rec.get("relocated_from", []) + [str(path.relative_to(self.runs))]
+            atomic_write_bytes(target, (json.dumps(rec, indent=1, sort_keys=True) + "\n").encode())
+            path.unlink()
+            moved.append(f"{path.relative_to(self.runs)} -> {target.relative_to(self.runs)}")
+        return moved
 
     def put_truth(self, dataset_key: str, y, groups) -> None:
         path = self.runs / dataset_key / "truth.npz"

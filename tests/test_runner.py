@@ -360,3 +360,75 @@ def test_report_times_the_fairness_term_per_device(tmp_path):
     assert rows["infomin-slice [test config]", "CPU"][2] != "–"  # the sliced estimator has a fit step
     assert rows["ifc [test config]", "CPU"][:3] == ["1", f"{expected['ifc', 0]:.2f}", "–"]
     assert rows["ifc [test config]", "CPU ×2"][:2] == ["1", f"{expected['ifc', 1]:.2f}"]
+
+
+def test_a_changed_default_moves_old_records_aside_instead_of_overwriting_them(tmp_path, monkeypatch):
+    """Records of a configuration that was the default when it ran share the plain folder with
+    today's default (``runs/<dataset>/<method>/``). A run of the new default moves every one of
+    them (not only the seeds it reruns) to the folder their own configuration names, with their
+    labels; nothing is overwritten, the report keeps both configurations apart, metrics still
+    recompute, and the old configuration's cells count as done."""
+    store = RecordStore(tmp_path)
+    method, dataset = Spec.make("method", "outside-method"), Spec.make("dataset", "outside-paper-blobs")
+    run_grid(build_grid([method], [dataset], [0, 1]), store, OPTS, progress=False)
+    old = {r["seed"]: r for r in store.records()}
+    cls = registry.methods.get("outside-method")
+    monkeypatch.setattr(cls, "parameters", {**cls.parameters, "offset": 2})
+    new = Spec.make("method", "outside-method")
+    assert new.key == old[0]["method"]["key"] == "outside-method" and new.param_dict != method.param_dict
+    summary = run_grid(build_grid([new], [dataset], [0]), store, OPTS, progress=False)
+    assert len(summary.ran) == 1 and len(summary.relocated) == 2
+    records = store.records()
+    assert len(records) == 3
+    moved = [r for r in records if r["method"]["params"]["offset"] == 0]
+    assert {r["seed"] for r in moved} == {0, 1}
+    assert {r["method"]["key"] for r in moved} == {Spec.from_json("method", old[0]["method"]).key} != {"outside-method"}
+    for r in moved:
+        assert r["cell_id"] == old[r["seed"]]["cell_id"] and r["relocated_from"] == [
+            f"outside-paper-blobs/outside-method/seed{r['seed']}.json"]
+        assert r["metrics"] == pytest.approx(store.recompute_metrics(r))
+    # the old configuration is found where it now lives: asking for it again runs nothing
+    again = run_grid(build_grid([Spec.make("method", "outside-method", {"offset": 0})], [dataset], [0, 1]), store,
+                     OPTS, progress=False)
+    assert len(again.skipped) == 2 and not again.ran and not again.relocated
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "| outside-method [offset=0] | 2/2 " in text and "| outside-method            | 1/2 " in text
+
+
+def test_a_changed_dataset_default_moves_its_records_and_truth_aside(tmp_path, monkeypatch):
+    """The same for a dataset whose default changed: its old records go to the dataset's own
+    folder with a copy of the truth they were scored against."""
+    store = RecordStore(tmp_path)
+    ds_cls = registry.datasets.get("outside-paper-blobs")
+    monkeypatch.setattr(ds_cls, "parameters", {"variant": 1})
+    method = Spec.make("method", "outside-method")
+    run_grid(build_grid([method], [Spec.make("dataset", "outside-paper-blobs")], [0]), store, OPTS, progress=False)
+    monkeypatch.setattr(ds_cls, "parameters", {"variant": 2})
+    summary = run_grid(build_grid([method], [Spec.make("dataset", "outside-paper-blobs")], [0]), store, OPTS,
+                       progress=False)
+    assert len(summary.ran) == 1 and len(summary.relocated) == 1
+    old = next(r for r in store.records() if r["dataset"]["params"] == {"variant": 1})
+    assert old["dataset"]["key"].startswith("outside-paper-blobs-")
+    assert (tmp_path / "runs" / old["dataset"]["key"] / "truth.npz").exists()
+    assert old["metrics"] == pytest.approx(store.recompute_metrics(old))
+
+
+def test_records_made_before_a_parameter_existed_keep_their_own_row(tmp_path, monkeypatch):
+    """A record that lacks a parameter declared later shares today's default label; once the
+    new default has run too, the old row reads ``[before <parameter>]`` and leaves the
+    comparison with the papers to the new one."""
+    store = RecordStore(tmp_path)
+    dataset = Spec.make("dataset", "outside-paper-blobs")
+    run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0]), store, OPTS, progress=False)
+    cls = registry.methods.get("outside-method")
+    monkeypatch.setattr(cls, "parameters", {**cls.parameters, "scale": 1})
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "| outside-method " in text and "before scale" not in text  # alone, it keeps its label
+    summary = run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0]), store, OPTS,
+                       progress=False)
+    assert len(summary.relocated) == 1 and len(store.records()) == 2
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    table = text[:text.index("Compared with the papers")]
+    assert "| outside-method [before scale] | 1/1 " in table and "| outside-method                | 1/1 " in table
+    comparison = text[text.index("Compared with the papers"):]
+    assert "| outside-method " in comparison and "before scale" not in comparison
