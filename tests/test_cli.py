@@ -212,3 +212,15 @@ def test_killed_mid_training_resumes_from_its_checkpoint_with_the_same_labels(tm
     (ref_labels,) = (tmp_path / "ref").rglob("seed0.npz")
     np.testing.assert_array_equal(np.load(record_path.with_suffix(".npz"))["labels"], np.load(ref_labels)["labels"])
     assert not list((tmp_path / "out").rglob("*.pt")) and not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_deep_training_on_the_cpu_is_announced_once(tmp_path):
+    """Deep methods on the CPU get one stderr line naming them (k-means, no schedule, is not
+    named); their test configuration does not."""
+    res = cli("--methods", "ae", "kmeans", "--param", "ae.epochs=1", "--param", "ae.width=0.125", "--seeds", "0",
+              "--out", tmp_path, *SMALL)
+    assert res.returncode == 0, res.stderr
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: no GPU in use")]
+    assert len(notes) == 1 and ": ae will train on the CPU" in notes[0]
+    res = cli("--methods", "ae", "--test-config", "--seeds", "0", "--out", tmp_path, *SMALL)
+    assert res.returncode == 0 and "note: no GPU" not in res.stderr
