@@ -76,7 +76,7 @@ class IFC(Method):
       clusters apart; on digits-reversed (K = 10) LambdaAdv 0, 0.1 and 1 all ended sharp and
       fair. Over seeds 0-4 (Adult, same 10-epoch schedule, CPU) the default collapsed in 5 of 5
       (MNCE on sex 95.2 / 65.6 / 92.8 / 92.3 / 72.9), LambdaAdv 0.01 in 1 of 5 (seed 2,
-      83.2; the others 97.0-99.6) and reversal in none of seeds 0-3 (95.6-98.8). Reversal is
+      83.2; the others 97.0-99.6) and reversal in none (95.6-98.8). Reversal is
       no default either: on digits-reversed (50 epochs, 1 thread) it relapsed to one-group
       clusters in seeds 0 and 2 (MNCE 14.8; seed 1 99.8; a 2-thread run of seed 0 had ended
       fair), where confusion at 0.1 and at 0.01 ended fair in seeds 0-2 (MNCE 99.7-99.9).
