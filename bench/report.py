@@ -42,7 +42,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         row = {"dataset_key": r["dataset"]["key"], "dataset": current_label("dataset", r["dataset"]),
-               "dataset_name": r["dataset"]["name"], "method_key": own_key(r["method"]["name"], r["method"]["params"], r["method"].get("version", "1")),
+               "dataset_name": r["dataset"]["name"],
+               "method_key": own_key(r["method"]["name"], r["method"]["params"], r["method"].get("version", "1")),
                "method": current_label("method", r["method"]), "method_name": r["method"]["name"],
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
@@ -267,7 +268,11 @@ def fairness_cost_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
     if "m:fair_step_ms" not in df:
         return None
     timed = df[df["m:fair_step_ms"].notna()]
-    keys = ["fair_step_ms", "fair_fit_ms", "fair_epoch_s", "acc", "mnce"] + (["mnce[joint]"] if len(attributes) > 1 else [])
+    columns = {"fair_step_ms": "fairness step ms", "fair_fit_ms": "estimator fit ms", "fair_epoch_s": "epoch s",
+               "acc": "ACC", "mnce": "MNCE"}
+    if len(attributes) > 1:
+        columns["mnce[joint]"] = "MNCE joint"
+    keys = list(columns)
     digits = {"fair_step_ms": 2, "fair_fit_ms": 2}
     rows = []
     for device in sorted(timed.device.unique()):
@@ -277,8 +282,7 @@ def fairness_cost_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
     if not rows:
         return None
     rows.sort(key=lambda row: (row[0], row[1]))
-    headers = ["method", "device", "seeds", "fairness step ms", "estimator fit ms", "epoch s", "ACC", "MNCE"] + (
-        ["MNCE joint"] if len(attributes) > 1 else [])
+    headers = ["method", "device", "seeds", *columns.values()]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

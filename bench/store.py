@@ -62,6 +62,10 @@ def own_key(name: str, params: dict, version: str) -> str:
 FINISHED = ("ok", "not_applicable")
 
 
+def _write_record(path: Path, record: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+
+
 class RecordStore:
     def __init__(self, root):
         self.root = Path(root)
@@ -93,7 +97,7 @@ class RecordStore:
                 arrays[f"stage_{name}"] = np.asarray(stage_labels, dtype=np.int64)
             atomic_write_bytes(path.with_suffix(".npz"), _npz_bytes(**arrays))
             record = {**record, "labels_file": path.with_suffix(".npz").name}
-        atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        _write_record(path, record)
         return path
 
     def make_room(self, cells) -> list[str]:
@@ -109,27 +113,24 @@ class RecordStore:
         moved record."""
         moved = []
         for dataset in {c.dataset.key: c.dataset for c in cells}.values():
-            moved += self._move_records(
-                self.runs / dataset.key, "*/seed*.json", "dataset",
-                lambda rec, d=dataset: (rec["dataset"]["params"], rec["dataset"].get("version", "1"))
-                != (d.param_dict, d.version))
+            moved += self._move_records(self.runs / dataset.key, "*/seed*.json", "dataset", dataset)
         for cell in {(c.dataset.key, c.method.key): c for c in cells}.values():
-            moved += self._move_records(
-                self.record_path(cell).parent, "seed*.json", "method",
-                lambda rec, m=cell.method: (rec["method"]["params"], rec["method"].get("version", "1"))
-                != (m.param_dict, m.version))
+            moved += self._move_records(self.record_path(cell).parent, "seed*.json", "method", cell.method)
         return moved
 
-    def _move_records(self, folder: Path, pattern: str, kind: str, stale) -> list[str]:
+    def _move_records(self, folder: Path, pattern: str, kind: str, current) -> list[str]:
+        """Move the finished records under ``folder`` whose ``kind`` ("dataset" or "method")
+        configuration is not ``current`` (a :class:`bench.runner.Spec`)."""
         moved = []
         for path in sorted(folder.glob(pattern)):
             try:
                 rec = json.loads(path.read_text())
             except json.JSONDecodeError:
                 continue
-            if rec.get("status") not in FINISHED or not stale(rec):
-                continue
             spec = rec[kind]
+            if rec.get("status") not in FINISHED or (spec["params"], spec.get("version", "1")) == (
+                    current.param_dict, current.version):
+                continue
             new_key = own_key(spec["name"], spec["params"], spec.get("version", "1"))
             if kind == "dataset":
                 target = self.runs / new_key / path.parent.name / path.name
@@ -147,7 +148,7 @@ class RecordStore:
                 os.replace(labels, target.parent / labels.name)
             rec[kind] = {**spec, "key": new_key}
             rec["relocated_from"] = rec.get("relocated_from", []) + [str(path.relative_to(self.runs))]
-            atomic_write_bytes(target, (json.dumps(rec, indent=1, sort_keys=True) + "\n").encode())
+            _write_record(target, rec)
             path.unlink()
             moved.append(f"{path.relative_to(self.runs)} -> {target.relative_to(self.runs)}")
         return moved
