@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from .store import atomic_write_bytes
+from .store import atomic_write_bytes, remove_partial_writes
 
 __all__ = ["Checkpoint", "current", "active", "discard", "rng_state", "set_rng_state", "to_cpu"]
 
@@ -95,10 +95,13 @@ class Checkpoint:
 
 
 def discard(path: Path) -> None:
-    """Delete a checkpoint file, then its method and dataset folders once they are empty."""
-    if not path.exists():
+    """Delete a checkpoint file and any half-written copy of it (a job killed while saving
+    leaves one), then its method and dataset folders once they are empty."""
+    path = Path(path)
+    remove_partial_writes(path)
+    if not path.parent.exists():
         return
-    path.unlink()
+    path.unlink(missing_ok=True)
     for folder in (path.parent, path.parent.parent):
         try:
             folder.rmdir()

@@ -42,6 +42,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_partial_writes(path: Path) -> None:
+    """Delete the temporary files that writers of ``path`` left behind when they were killed
+    between creating and renaming them (:func:`atomic_write_bytes`); called once the file's
+    final version is in place or no longer wanted. One cell is written by one process at a
+    time, so no live writer's file is touched."""
+    for orphan in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        orphan.unlink(missing_ok=True)
+
+
 def _npz_bytes(**arrays) -> bytes:
     import io
 
@@ -96,8 +105,10 @@ class RecordStore:
             for name, stage_labels in (stages or {}).items():
                 arrays[f"stage_{name}"] = np.asarray(stage_labels, dtype=np.int64)
             atomic_write_bytes(path.with_suffix(".npz"), _npz_bytes(**arrays))
+            remove_partial_writes(path.with_suffix(".npz"))
             record = {**record, "labels_file": path.with_suffix(".npz").name}
         _write_record(path, record)
+        remove_partial_writes(path)
         return path
 
     def make_room(self, cells) -> list[str]:

@@ -133,6 +133,13 @@ def test_runner_resumes_a_killed_cell_and_removes_its_checkpoint(tmp_path, monke
     path = checkpoint_path(options, cells[0])
     assert path.exists() and store.records() == []
     monkeypatch.setattr(Checkpoint, "save", original)
+    # a kill in the middle of a write leaves the writer's temporary file (bench.store.atomic_write_bytes)
+    record_path = store.record_path(cells[0])
+    record_path.parent.mkdir(parents=True)
+    partial = [path.parent / f".{path.name}.x1.tmp", record_path.parent / f".{record_path.name}.x2.tmp",
+               record_path.parent / f".{record_path.stem}.npz.x3.tmp"]
+    for file in partial:
+        file.write_bytes(b"half a file")
 
     summary = run_grid(cells, store, options, progress=False)
     assert len(summary.ran) == 1 and not summary.failed
@@ -141,4 +148,5 @@ def test_runner_resumes_a_killed_cell_and_removes_its_checkpoint(tmp_path, monke
     np.testing.assert_array_equal(store.labels(record), reference.labels(expected))
     assert record["resumed_after_seconds"] > 0
     assert record["train_seconds"] >= record["resumed_after_seconds"]
+    assert not any(file.exists() for file in partial)
     assert not path.exists() and not path.parent.exists()  # no empty folders left behind
