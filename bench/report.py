@@ -115,7 +115,10 @@ def fairness_cost(record: dict) -> dict:
     :class:`methods._multi_attr.StepRecorder`): mean milliseconds per fairness step (estimator
     max-step + penalty forward), of which the estimator's max-step (``fair_fit_s``, the
     infomin paper's axis; absent for terms without one), and mean seconds per such epoch.
-    Empty for methods that do not time their fairness term."""
+    Also what the term read in the last epoch (``fair``: the penalty D̂, batch mean) beside the
+    exact plug-in I(Q;G) of the same batches (``mi_cg``): an estimator that reads ~0 while
+    I(Q;G) stays high is fooled by the encoder, not satisfied (an adversarial critic lagging
+    behind it). Empty for methods that do not time their fairness term."""
     rows = [h for h in record.get("history") or [] if "fair_step_s" in h]
     if not rows:
         return {}
@@ -124,6 +127,9 @@ def fairness_cost(record: dict) -> dict:
     fits = [h["fair_fit_s"] for h in rows if "fair_fit_s" in h]
     if fits:
         out["m:fair_fit_ms"] = 1000.0 * float(np.mean(fits))
+    for key in ("fair", "mi_cg"):
+        if key in rows[-1]:
+            out[f"m:{key}_last"] = float(rows[-1][key])
     return out
 
 
@@ -269,11 +275,11 @@ def fairness_cost_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
         return None
     timed = df[df["m:fair_step_ms"].notna()]
     columns = {"fair_step_ms": "fairness step ms", "fair_fit_ms": "estimator fit ms", "fair_epoch_s": "epoch s",
-               "acc": "ACC", "mnce": "MNCE"}
+               "fair_last": "D̂ last", "mi_cg_last": "I(Q;G) last", "acc": "ACC", "mnce": "MNCE"}
     if len(attributes) > 1:
         columns["mnce[joint]"] = "MNCE joint"
     keys = list(columns)
-    digits = {"fair_step_ms": 2, "fair_fit_ms": 2}
+    digits = {"fair_step_ms": 2, "fair_fit_ms": 2, "fair_last": 3, "mi_cg_last": 3}
     rows = []
     for device in sorted(timed.device.unique()):
         for _, r in _summary(timed[timed.device == device], keys).iterrows():
@@ -357,7 +363,10 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
             if cost:
                 lines += ["Cost of the fairness term (mean per clustering epoch: milliseconds per step of the "
                           "fairness term, of which the estimator's own fit, and seconds per epoch; timings are "
-                          "per device and comparable only within one):", "", cost, ""]
+                          "per device and comparable only within one). D̂ last: what the term read in the last "
+                          "epoch (batch mean, in its own units; for IFC its whole weighted term, adversary included); I(Q;G) last: the exact plug-in I(Q;G) of the same "
+                          "batches (nats, on the joint group). D̂ near 0 beside a large "
+                          "I(Q;G) is an estimator the encoder fooled:", "", cost, ""]
             stab = stages_table(d)
             if stab:
                 lines += ["Intermediate stages (diagnosis only: the labels a method had part-way, scored like "

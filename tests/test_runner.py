@@ -348,6 +348,9 @@ def test_report_times_the_fairness_term_per_device(tmp_path):
         path.write_text(json.dumps(rec))
         steps = [h["fair_step_s"] for h in rec["history"] if "fair_step_s" in h]
         expected[rec["method"]["name"], rec["seed"]] = 1000 * np.mean(steps) if steps else None
+        if steps:  # what the term read in its last epoch, beside the exact plug-in I(Q;G)
+            read = [(h["fair"], h["mi_cg"]) for h in rec["history"] if "fair_step_s" in h][-1]
+            expected["read", rec["method"]["name"], rec["seed"]] = read
     assert expected["fcmi", 0] is None and expected["infomin-slice", 0] > 0 and expected["ifc", 0] > 0
     text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
     table = text[text.index("Cost of the fairness term"):].split("\n\n")[1].splitlines()[2:]
@@ -360,6 +363,9 @@ def test_report_times_the_fairness_term_per_device(tmp_path):
     assert rows["infomin-slice [test config]", "CPU"][2] != "–"  # the sliced estimator has a fit step
     assert rows["ifc [test config]", "CPU"][:3] == ["1", f"{expected['ifc', 0]:.2f}", "–"]
     assert rows["ifc [test config]", "CPU ×2"][:2] == ["1", f"{expected['ifc', 1]:.2f}"]
+    for column, which in ((4, 0), (5, 1)):  # D̂ last, I(Q;G) last: means over the seeds
+        values = [expected["read", "infomin-slice", s][which] for s in (0, 1)]
+        assert rows["infomin-slice [test config]", "CPU"][column] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def test_a_changed_default_moves_old_records_aside_instead_of_overwriting_them(tmp_path, monkeypatch):
