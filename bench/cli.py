@@ -170,13 +170,26 @@ def list_registry() -> str:
     return "\n".join(lines)
 
 
-def _note_deep_training_on_cpu(cells) -> None:
-    """One line on stderr when deep methods (those with an epoch or iteration schedule) will
-    train on this machine's CPU: at full schedule that is hours per cell on the real datasets."""
+SCHEDULE_PARAMS = ("epochs", "iters", "pretrain_epochs")
+
+
+def _at_full_schedule(cell) -> bool:
+    """Whether a cell trains a deep method (one with an epoch or iteration schedule) at its own
+    schedule: no schedule parameter set below the method's default."""
+    declared = registry.methods.get(cell.method.name).parameters
+    keys = [k for k in SCHEDULE_PARAMS if k in declared]
+    return bool(keys) and all(not isinstance(declared[k], (int, float))
+                              or cell.method.param_dict.get(k, declared[k]) >= declared[k] for k in keys)
+
+
+def _note_deep_training_on_cpu(cells, store=None) -> None:
+    """One line on stderr when deep methods will train at their own schedule on this machine's
+    CPU (cells already finished in ``store`` aside): that is hours per cell on the real datasets.
+    A shortened schedule (``--param epochs=N``) or the test configuration is not announced."""
     deep = sorted({c.method.name for c in cells
-                   if {"epochs", "iters"} & set(registry.methods.get(c.method.name).parameters)})
+                   if _at_full_schedule(c) and not (store is not None and store.is_done(c))})
     if deep:
-        print(f"note: no GPU in use (device cpu): {', '.join(deep)} will train on the CPU; at full schedule that "
+        print(f"note: no GPU in use (device cpu): {', '.join(deep)} will train on the CPU at full schedule: that "
               "takes hours per cell on the real datasets (about 3 minutes per epoch of FCMI's autoencoder on "
               "MNIST-USPS on one core); --test-config or --param epochs=N gives a quick look", file=sys.stderr)
 
@@ -248,7 +261,7 @@ def _main(argv) -> int:
     dataset_specs = _specs("dataset", dataset_names, _parse_assignments(args.dataset_param, "--dataset-param"))
     cells = build_grid(method_specs, dataset_specs, seeds)
     if device.type == "cpu" and args.executor == "local" and not args.test_config:
-        _note_deep_training_on_cpu(cells)
+        _note_deep_training_on_cpu(cells, store)
     options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
                          save_embeddings=args.save_embeddings,
                          checkpoint_dir=str((out / "checkpoints").resolve()) if args.checkpoint_every > 0 else None,

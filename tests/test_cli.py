@@ -214,13 +214,33 @@ def test_killed_mid_training_resumes_from_its_checkpoint_with_the_same_labels(tm
     assert not list((tmp_path / "out").rglob("*.pt")) and not list((tmp_path / "out").rglob("*.tmp"))
 
 
-def test_deep_training_on_the_cpu_is_announced_once(tmp_path):
-    """Deep methods on the CPU get one stderr line naming them (k-means, no schedule, is not
-    named); their test configuration does not."""
+def test_deep_training_on_the_cpu_is_announced_once_and_only_at_full_schedule(tmp_path, capsys):
+    """Deep methods at their own schedule on the CPU get one stderr line naming them (k-means,
+    no schedule, is not named, nor a shortened schedule, nor a finished cell); the test
+    configuration does not either."""
+    from bench.cli import _note_deep_training_on_cpu
+    from bench.runner import Spec, build_grid
+
+    data = [Spec.make("dataset", "digits-reversed", {})]
+    full = build_grid([Spec.make("method", n, {}) for n in ("ae", "kmeans", "fcmi")], data, [0, 1])
+    _note_deep_training_on_cpu(full)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("note: no GPU in use") and ": ae, fcmi will train on the CPU at full schedule" in line
+    short = build_grid([Spec.make("method", "ae", {"epochs": 1}), Spec.make("method", "dec", {"pretrain_epochs": 2})],
+                       data, [0])
+    _note_deep_training_on_cpu(short)
+    assert capsys.readouterr().err == ""
+
     res = cli("--methods", "ae", "kmeans", "--param", "ae.epochs=1", "--param", "ae.width=0.125", "--seeds", "0",
               "--out", tmp_path, *SMALL)
-    assert res.returncode == 0, res.stderr
-    notes = [line for line in res.stderr.splitlines() if line.startswith("note: no GPU in use")]
-    assert len(notes) == 1 and ": ae will train on the CPU" in notes[0]
+    assert res.returncode == 0 and "note: no GPU" not in res.stderr, res.stderr
     res = cli("--methods", "ae", "--test-config", "--seeds", "0", "--out", tmp_path, *SMALL)
     assert res.returncode == 0 and "note: no GPU" not in res.stderr
+
+    class FinishedFcmi:  # a store in which the fcmi cells are finished
+        def is_done(self, cell):
+            return cell.method.name == "fcmi"
+
+    _note_deep_training_on_cpu(full, FinishedFcmi())
+    (line,) = capsys.readouterr().err.splitlines()
+    assert ": ae will train on the CPU at full schedule" in line
