@@ -359,6 +359,10 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
                           "brackets): every soft assignment is near-uniform, so the soft fairness term is met "
                           "without fair clusters; the hard labels can still follow the groups (`methods/ifc.py`):",
                           "", *collapsed, ""]
+            sweeps = sweep_table(d, attrs)
+            if sweeps:
+                lines += ["Fairness-weight sweeps (each configuration at every weight it ran with, in order of "
+                          "the weight; the seeds that finished at each):", "", sweeps, ""]
             cost = fairness_cost_table(d, attrs)
             if cost:
                 lines += ["Cost of the fairness term (mean per clustering epoch: milliseconds per step of the "
@@ -385,38 +389,89 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
     return text
 
 
-def _sweep_series(method_name: str, params: dict) -> tuple[str, float]:
-    """(series label, weight) of a configuration in a trade-off plot: configurations of one
-    method that differ only in its fairness weight (``Method.fairness_weight``) form one
-    series, labelled like a leaderboard row with the weight set to its default."""
+def _sweep_series(method_name: str, params: dict) -> tuple[str, float, str]:
+    """(series label, weight, weight name) of a configuration: configurations of one method
+    that differ only in its fairness weight (``Method.fairness_weight``) form one series,
+    labelled like a leaderboard row with the weight set to its default."""
     try:
         cls = registry.methods.get(method_name)
     except UnknownName:
-        return method_name, np.nan
+        return method_name, np.nan, ""
     weight_key = getattr(cls, "fairness_weight", None)
     if not weight_key:
-        return Spec.from_json("method", {"name": method_name, "params": params}).label, np.nan
+        return Spec.from_json("method", {"name": method_name, "params": params}).label, np.nan, ""
     weight = params.get(weight_key, cls.parameters.get(weight_key))
     rest = {**params, weight_key: cls.parameters.get(weight_key)}
     label = Spec.from_json("method", {"name": method_name, "params": rest}).label
-    return label, float(weight) if isinstance(weight, (int, float)) else np.nan
+    return label, float(weight) if isinstance(weight, (int, float)) else np.nan, weight_key
+
+
+def _series(summary: pd.DataFrame) -> dict:
+    """Series label -> [(weight, weight name, summary row)], each in order of the weight."""
+    series = defaultdict(list)
+    for _, r in summary.iterrows():
+        label, weight, weight_key = _sweep_series(r.method_name, r.params)
+        series[label].append((weight, weight_key, r))
+    for pts in series.values():
+        pts.sort(key=lambda p: (np.nan_to_num(p[0], nan=-1.0), p[2]["method"]))
+    return dict(sorted(series.items()))
+
+
+def _is_sweep(pts) -> bool:
+    return len({w for w, _, _ in pts if np.isfinite(w)}) > 1
+
+
+def sweep_table(df: pd.DataFrame, attributes: list[str]) -> str | None:
+    """The fairness-weight sweeps, the table behind the trade-off figure: each method
+    configuration at every weight it ran with, in order of the weight, with the utility and
+    the fairness it reached (joint-group columns with several attributes)."""
+    keys = ["acc", "nmi", "mnce"] + (["mnce[joint]", "mi[joint]"] if len(attributes) > 1 else ["mi"])
+    summary = _summary(df, keys)
+    summary = summary[summary.n_ok > 0]
+    if summary.empty:
+        return None
+    rows = []
+    for label, pts in _series(summary).items():
+        if not _is_sweep(pts):
+            continue
+        for weight, weight_key, r in pts:
+            rows.append([label, f"{weight_key}={weight:g}", ",".join(map(str, r.seeds))]
+                        + [_fmt(*r[k], digits=3 if k.startswith("mi") else 1) for k in keys])
+    if not rows:
+        return None
+    headers = ["configuration", "weight", "seeds", "ACC", "NMI", "MNCE"] + (
+        ["MNCE joint", "I(C;joint)"] if len(attributes) > 1 else ["I(C;G)"])
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+MARKERS = "osD^vP*X<>"
+
+
+def _style(i: int, plt) -> dict:
+    """A colour and marker per series, distinct for up to 100 series (colours repeat after
+    ten, each time with the next marker)."""
+    return {"color": plt.cm.tab10.colors[i % 10], "marker": MARKERS[(i // 10) % len(MARKERS)]}
+
+
+def _draw_series(ax, series: dict, xkey: str, ykey: str, plt, annotate: bool) -> None:
+    for i, (label, pts) in enumerate(series.items()):
+        xs, ys, xe, ye = (np.array([r[k][j] for _, _, r in pts]) for k, j in
+                          ((xkey, 0), (ykey, 0), (xkey, 1), (ykey, 1)))
+        style = _style(i, plt)
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, capsize=3, linestyle="-" if len(pts) > 1 else "none",
+                    label=label, **style)
+        if annotate and _is_sweep(pts):
+            for (w, _, _), x, y in zip(pts, xs, ys):
+                ax.annotate(f"{w:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6,
+                            color=style["color"])
 
 
 def _tradeoff_plot(summary, xkey, ykey, xlabel, ylabel, title, path, plt):
     """Utility against fairness, one point per method configuration with error bars; the
     configurations of one method that differ only in its fairness weight (a sweep) are one
     series, joined by a line in order of the weight."""
-    series = defaultdict(list)
-    for _, r in summary.iterrows():
-        label, weight = _sweep_series(r.method_name, r.params)
-        series[label].append((weight, r[xkey][0], r[ykey][0], r[xkey][1], r[ykey][1]))
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    colours = plt.cm.tab10.colors if len(series) <= 10 else plt.cm.tab20.colors
-    for i, (label, pts) in enumerate(sorted(series.items())):
-        pts.sort(key=lambda p: (np.nan_to_num(p[0], nan=-1.0), p[1]))
-        _, xs, ys, xe, ye = (np.array(v) for v in zip(*pts))
-        ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=3, linestyle="-" if len(pts) > 1 else "none",
-                    label=label, color=colours[i % len(colours)])
+    _draw_series(ax, _series(summary), xkey, ykey, plt, annotate=False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -425,6 +480,30 @@ def _tradeoff_plot(summary, xkey, ykey, xlabel, ylabel, title, path, plt):
     fig.tight_layout()
     fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)
+
+
+def _sweeps_plot(summary, joint: bool, title: str, path, plt) -> bool:
+    """The trade-off view of the fairness-weight sweeps alone: one curve per method
+    configuration, each point labelled with its weight; ACC against MNCE, and NMI against the
+    joint MNCE (or MNCE with one attribute). False (nothing drawn) when no sweep was run."""
+    series = {k: v for k, v in _series(summary).items() if _is_sweep(v)}
+    if not series:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fair2 = "mnce[joint]" if joint else "mnce"
+    for ax, (xkey, ykey, xlabel, ylabel) in zip(axes, [
+            ("mnce", "acc", "MNCE (%)  → fairer", "ACC (%)"),
+            (fair2, "nmi", ("joint MNCE (%)" if joint else "MNCE (%)") + "  → fairer", "NMI (%)")]):
+        _draw_series(ax, series, xkey, ykey, plt, annotate=True)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    return True
 
 
 def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
@@ -448,6 +527,9 @@ def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
         names.append(f"{dkey}_nmi_vs_joint_mnce.png")
         _tradeoff_plot(summary, "mnce[joint]", "nmi", "joint (intersectional) MNCE (%)  → fairer",
                        "NMI (%)", f"{dkey}: utility vs intersectional fairness", figures_dir / names[-1], plt)
+    if _sweeps_plot(summary, joint, f"{dkey}: fairness-weight sweeps (each point labelled with its weight; "
+                    "mean ± std over seeds)", figures_dir / f"{dkey}_sweeps.png", plt):
+        names.append(f"{dkey}_sweeps.png")
 
     # Horizontal bars, one row per configuration shared by every panel: long configuration
     # names stay readable however many rows a sweep adds.

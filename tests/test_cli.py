@@ -107,6 +107,11 @@ def test_fairness_sweep_maps_to_each_methods_own_weight_and_plots_the_trade_off(
     assert board.count("| kmeans [") == 2  # no fairness weight: not swept, one row in the main and joint tables
     assert "Intersectional fairness" in board
     assert list((tmp_path / "figures").glob("*_nmi_vs_joint_mnce.png"))
+    # The sweep table: vfc at each weight, in order of the weight; kmeans (no weight) is no sweep.
+    sweep = board.split("Fairness-weight sweeps")[1].split("\n\n")[1].splitlines()[2:]
+    assert [row.split("|")[2].strip() for row in sweep] == ["lmbda=0", "lmbda=1000"]
+    assert all(row.startswith("| vfc [test config") and row.split("|")[3].strip() == "0" for row in sweep)
+    assert list((tmp_path / "figures").glob("*_sweeps.png"))
     res = cli("--methods", "kmeans", "--sweep", "fairness=0,1", "--datasets", "synthetic", "--out", tmp_path)
     assert res.returncode == 2 and "no selected method declares a fairness weight" in res.stderr
 
