@@ -299,11 +299,11 @@ def test_trade_off_series_join_only_configurations_that_differ_in_the_fairness_w
         return Spec.make("method", "fcmi", {"epochs": 50, **kw}).param_dict
 
     a, b = _sweep_series("fcmi", params(beta=0.1)), _sweep_series("fcmi", params(beta=0.5))
-    assert a == ("fcmi [epochs=50]", 0.1) and b == ("fcmi [epochs=50]", 0.5)
+    assert a == ("fcmi [epochs=50]", 0.1, "beta") and b == ("fcmi [epochs=50]", 0.5, "beta")
     assert _sweep_series("fcmi", params())[0] == "fcmi [epochs=50]"  # the default weight joins the sweep
     assert _sweep_series("fcmi", params(kmeans_seed="fixed"))[0] == "fcmi [epochs=50, kmeans_seed=fixed]"
-    label, weight = _sweep_series("not-registered", {"x": 1})
-    assert label == "not-registered" and np.isnan(weight)
+    label, weight, weight_key = _sweep_series("not-registered", {"x": 1})
+    assert label == "not-registered" and np.isnan(weight) and weight_key == ""
 
 
 def test_report_flags_runs_whose_soft_assignments_collapsed(tmp_path):
