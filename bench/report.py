@@ -466,12 +466,12 @@ def _draw_series(ax, series: dict, xkey: str, ykey: str, plt, annotate: bool) ->
                             color=style["color"])
 
 
-def _tradeoff_plot(summary, xkey, ykey, xlabel, ylabel, title, path, plt):
+def _tradeoff_plot(series, xkey, ykey, xlabel, ylabel, title, path, plt):
     """Utility against fairness, one point per method configuration with error bars; the
-    configurations of one method that differ only in its fairness weight (a sweep) are one
-    series, joined by a line in order of the weight."""
+    configurations of one method that differ only in its fairness weight (a sweep, one entry
+    of ``series``) are joined by a line in order of the weight."""
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    _draw_series(ax, _series(summary), xkey, ykey, plt, annotate=False)
+    _draw_series(ax, series, xkey, ykey, plt, annotate=False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -482,11 +482,11 @@ def _tradeoff_plot(summary, xkey, ykey, xlabel, ylabel, title, path, plt):
     plt.close(fig)
 
 
-def _sweeps_plot(summary, joint: bool, title: str, path, plt) -> bool:
+def _sweeps_plot(series, joint: bool, title: str, path, plt) -> bool:
     """The trade-off view of the fairness-weight sweeps alone: one curve per method
     configuration, each point labelled with its weight; ACC against MNCE, and NMI against the
     joint MNCE (or MNCE with one attribute). False (nothing drawn) when no sweep was run."""
-    series = {k: v for k, v in _series(summary).items() if _is_sweep(v)}
+    series = {k: v for k, v in series.items() if _is_sweep(v)}
     if not series:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -521,13 +521,14 @@ def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
         return []
     figures_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{dkey}_acc_vs_mnce.png"]
-    _tradeoff_plot(summary, "mnce", "acc", "MNCE (%)  → fairer", "ACC (%)  → more accurate",
+    series = _series(summary)
+    _tradeoff_plot(series, "mnce", "acc", "MNCE (%)  → fairer", "ACC (%)  → more accurate",
                    f"{dkey}: accuracy vs fairness", figures_dir / names[-1], plt)
     if joint:
         names.append(f"{dkey}_nmi_vs_joint_mnce.png")
-        _tradeoff_plot(summary, "mnce[joint]", "nmi", "joint (intersectional) MNCE (%)  → fairer",
+        _tradeoff_plot(series, "mnce[joint]", "nmi", "joint (intersectional) MNCE (%)  → fairer",
                        "NMI (%)", f"{dkey}: utility vs intersectional fairness", figures_dir / names[-1], plt)
-    if _sweeps_plot(summary, joint, f"{dkey}: fairness-weight sweeps (each point labelled with its weight; "
+    if _sweeps_plot(series, joint, f"{dkey}: fairness-weight sweeps (each point labelled with its weight; "
                     "mean ± std over seeds)", figures_dir / f"{dkey}_sweeps.png", plt):
         names.append(f"{dkey}_sweeps.png")
 

@@ -99,9 +99,8 @@ class InfominClustering(Method):
     the exact plug-in's 0.012, MNCE on sex 98.9 ± 0.8 and 98.7 ± 0.8 (plug-in 99.0 ± 1.2). TC
     was, mildly: D̂ 0.003 beside I(Q;G) 0.021 ± 0.006 (0.018–0.025 on seeds 1–4) and MNCE
     91.8 ± 6.7 (84.4–88.6 on seeds 2–4); a short clustering phase gives the encoder little
-    time to outrun the critics. So read a neural
-    estimator's row beside its I(Q;G) column, and sweep ``inner_steps`` with β; defaults stay
-    the reference's.
+    time to outrun the critics. So read a neural estimator's row beside its I(Q;G) column,
+    and sweep ``inner_steps`` with β; defaults stay the reference's.
 
     History rows add ``fair_fit_s`` (seconds per max-step, the infomin paper's axis) and
     ``fair_step_s`` (max-step + penalty forward; backward not included), measured with CUDA
