@@ -125,7 +125,7 @@ CPU, records in results/runs; the paper-scale runs are owed to a GPU):
   not make HAR fairer (FCMI [epochs=30]: MNCE 98.7 ± 0.5).
 
 So on all three data sets run so far the critic is inert at 2,000 iterations; whether it
-matters over the full 20,000 (λ(t) then spends 10× longer near 1) is owed to a GPU. Neither
+matters over the full 20,000 (10× the steps at λ(t) near 1) is owed to a GPU. Neither
 MLRC reproduction published a critic-off ablation to compare with; the UVA-FACT one did
 not reach the paper's MNIST-USPS balance either (0.018 against 0.067, dfc.md §6.4).
 """
