@@ -77,10 +77,10 @@ class IFC(Method):
       fair. Over seeds 0-4 (Adult, same 10-epoch schedule, CPU) the default collapsed in 5 of 5
       (MNCE on sex 95.2 / 65.6 / 92.8 / 92.3 / 72.9), LambdaAdv 0.01 in 1 of 5 (seed 2,
       83.2; the others 97.0-99.6) and reversal in none (95.6-98.8). The seed-0 ablations
-      above hold over seeds 0-2: LambdaAdv 0 stayed sharp (last H(C|X) ≤ 0.05) and fair in
-      all three (MNCE on sex 99.6 / 98.7 / 98.2, joint 97.9 ± 1.5, ACC 59.4 ± 3.0), while
-      LambdaFair 0 (26.2 / 43.8 / 77.6) and ``sampling="none"`` (67.2 / 98.1 / 76.9) ended
-      collapsed (H(C|X) = log 2) in all three. Reversal is
+      above hold over seeds 0-4: LambdaAdv 0 stayed sharp (last H(C|X) ≤ 0.12) and fair in
+      all five (MNCE on sex 96.8-99.6, mean 98.4; ACC 57.4 ± 3.8), while LambdaFair 0 (MNCE
+      on sex 26.2-96.0, mean 65.0) and ``sampling="none"`` (63.7-98.6, mean 80.9) ended
+      collapsed (H(C|X) = log 2) in all five. Reversal is
       no default either: on digits-reversed (50 epochs, 1 thread) it relapsed to one-group
       clusters in seeds 0 and 2 (MNCE 14.8; seed 1 99.8; a 2-thread run of seed 0 had ended
       fair), where confusion at 0.1 and at 0.01 ended fair in seeds 0-2 (MNCE 99.7-99.9).

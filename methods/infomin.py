@@ -79,10 +79,10 @@ class InfominClustering(Method):
     saturate: as Q becomes a near-deterministic function of T their gradient in Q vanishes
     (measured: slice |∇| ≈ 2e-4 at |ρ| = 1 against 0.1 at ρ = 0.6), so they cannot undo a
     clustering already aligned with T after warm-up; the plug-in MI's gradient grows instead.
-    Measured on Adult (10 epochs of which 5 clustering, CPU; the leaderboard's sweep table):
-    MNCE on sex at β = 0 / 0.05 / 0.2 / 0.5 is 75.9 / 95.1 / 99.0 / 97.6 for the plug-in but
-    75.9 / 80.0 / 95.6 / 76.7 ± 16.3 for slice (seeds 0–2; 0.2 over seeds 0–4): slice is not
-    monotone in β there, and why is not established.
+    Measured on Adult (10 epochs of which 5 clustering, CPU, seeds 0–4; the leaderboard's
+    sweep table): MNCE on sex at β = 0 / 0.05 / 0.2 / 0.5 is 80.8 / 95.8 / 99.0 / 97.5 for the
+    plug-in but 80.8 / 84.2 / 95.6 / 80.6 ± 15.6 for slice (per seed at 0.5: 63.9, 95.0, 71.3,
+    73.4, 99.4): slice is not monotone in β there, and why is not established.
 
     Neural critics (HGR, TC, CLUB) can be fooled. Their critic persists across batches and
     takes ``inner_steps`` Adam steps per batch (3, 5, 5: the infomin Adult notebook's counts,
