@@ -109,12 +109,12 @@ CPU, records in results/runs; the paper-scale runs are owed to a GPU):
   67.5 ± 4.0 and I(C;sex) 0.000–0.013 (above its start on seeds 2 and 4). L_s (a sum over
   pairs: 14,000–25,000 falling to 3,500–12,500) dwarfs L_c (15–27), and the critic's BCE
   stays near log 2 = 0.693 (0.693 to the end on seeds 1 and 3; 0.668–0.669 at the end on
-  seeds 2 and 4, where I(C;sex) rose). With ``coeff_fair=0`` 99.3–99.8 % of
-  the labels are the same and I(C;sex) agrees to 4 decimals on every seed: whatever DFC does
-  to fairness here comes from the per-group batches, targets and structural term, not the
-  critic. ``lr=1e-4`` (seeds 0–4) gives ACC 67.8 ± 3.5 and MNCE 94.8 ± 2.2 against
-  67.5 ± 4.0 and 95.8 ± 2.9 with 1e-2 (95–98 % of labels shared per seed): on Adult the
-  learning rate matters little.
+  seeds 2 and 4, where I(C;sex) rose). With ``coeff_fair=0`` 99.3–99.8 % of the labels are
+  the same and I(C;sex) agrees to 4 decimals on every seed: whatever DFC does to fairness
+  here comes from the per-group batches, targets and structural term, not the critic.
+  ``lr=1e-4`` (seeds 0–4) gives ACC 67.8 ± 3.5 and MNCE 94.8 ± 2.2 against 67.5 ± 4.0 and
+  95.8 ± 2.9 with 1e-2 (94.8–97.8 % of labels shared per seed): on Adult the learning rate
+  matters little.
 * har-train (21 subjects: OUR many-group extension, seeds 0–4): ACC 53.7 ± 4.1, NMI
   52.2 ± 3.3, MNCE 76.7 ± 3.1 from a start of 57.6, 59.4 and 78.0 ± 12.2; hard I(C;subject)
   rises on 4 of 5 seeds (0.121 → 0.151, 0.154 → 0.135, 0.151 → 0.177, 0.145 → 0.183,
