@@ -46,16 +46,22 @@ from bench.paths import default_data_dir  # noqa: E402
 from methods._estimators import ESTIMATORS, encode_groups, make_estimator  # noqa: E402
 
 
+def fail(message: str):
+    """Bad input: one line on stderr, exit code 2 (as ``run_benchmark.py``)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_estimator(spec: str) -> tuple[str, dict]:
     """``name`` or ``name:key=value,key=value`` (values parsed as int, float, else str)."""
     name, _, opts = spec.partition(":")
     if name not in ESTIMATORS:
-        raise SystemExit(f"error: unknown estimator {name!r}; accepted: {', '.join(ESTIMATORS)}")
+        fail(f"unknown estimator {name!r}; accepted: {', '.join(ESTIMATORS)}")
     options = {}
     for item in filter(None, opts.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"error: estimator option {item!r} in {spec!r} is not key=value")
+            fail(f"estimator option {item!r} in {spec!r} is not key=value")
         for cast in (int, float, str):
             try:
                 options[key] = cast(value)
@@ -120,16 +126,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     specs = [(spec, *parse_estimator(spec)) for spec in args.estimators]
     if args.batch_size < 4 or args.batches < 2:
-        raise SystemExit("error: --batch-size must be >= 4 and --batches >= 2")
+        fail("--batch-size must be >= 4 and --batches >= 2")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
         data = registry.datasets.get(args.dataset)().load(data_dir)
-    except (KeyError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except (KeyError, ValueError, OSError) as exc:  # unknown name, bad or missing data files
+        fail(f"{exc}")
     groups = torch.as_tensor(data.groups)
     n_values = [a.n_values for a in data.attributes]
     if not 0 <= args.attribute < len(n_values):
-        raise SystemExit(f"error: --attribute {args.attribute}, but {args.dataset} has attributes 0..{len(n_values) - 1}")
+        fail(f"--attribute {args.attribute}, but {args.dataset} has attributes 0..{len(n_values) - 1}")
     K = data.n_clusters
     t_all, blocks = encode_groups(groups, n_values, args.encoding, args.attribute)
     t_all = t_all.float()

@@ -59,8 +59,15 @@ def test_same_seed_same_batches_and_main_prints_a_row_per_estimator_and_strength
     assert capsys.readouterr().out == first
 
 
-def test_bad_estimator_spec_is_one_clear_error(diag):
-    with pytest.raises(SystemExit, match="unknown estimator 'nope'; accepted: pearson"):
-        diag.main(["--dataset", "digits-reversed", "--estimators", "nope"])
-    with pytest.raises(SystemExit, match="is not key=value"):
-        diag.main(["--dataset", "digits-reversed", "--estimators", "slice:n_slices"])
+@pytest.mark.parametrize("argv, message", [
+    (["--estimators", "nope"], "error: unknown estimator 'nope'; accepted: pearson, dcor, slice"),
+    (["--estimators", "slice:n_slices"], "error: estimator option 'n_slices' in 'slice:n_slices' is not key=value"),
+    (["--dataset", "nope"], "error: unknown dataset 'nope'; accepted: "),
+    (["--attribute", "3"], "error: --attribute 3, but digits-reversed has attributes 0..0"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_code_2(diag, capsys, argv, message):
+    args = ["--dataset", "digits-reversed", *argv] if "--dataset" not in argv else argv
+    with pytest.raises(SystemExit) as exc:
+        diag.main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
