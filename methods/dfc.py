@@ -121,9 +121,10 @@ CPU, records in results/runs; the paper-scale runs are owed to a GPU):
   0.139 → 0.153). The 21-way critic does learn (its cross-entropy falls from 2.96–2.99 at
   the first log to 2.43–2.57; log 21 = 3.04) and the batch's soft I(C;G) rises with it
   (0.016–0.021 → 0.042–0.049), but the reversed gradient does not make the encoder confuse
-  it: with ``coeff_fair=0`` (seeds 0–2) 98.3–98.6 % of the labels are the same and I(C;subject)
-  is 0.149 / 0.137 / 0.176 against 0.151 / 0.135 / 0.178. At this schedule the extension does
-  not make HAR fairer (FCMI [epochs=30]: MNCE 98.7 ± 0.5).
+  it: with ``coeff_fair=0`` (seeds 0–4) 97.0–98.6 % of the labels are the same and I(C;subject)
+  is 0.149 / 0.136 / 0.176 / 0.178 / 0.135 against 0.151 / 0.135 / 0.177 / 0.183 / 0.153 with
+  the critic (MNCE 75.3 ± 4.6 against 76.7 ± 3.1). At this schedule the extension does not
+  make HAR fairer (FCMI [epochs=30]: MNCE 98.7 ± 0.5).
 
 So on all three data sets run so far the critic is inert at 2,000 iterations; whether it
 matters over the full 20,000 (10× the steps at λ(t) near 1) is owed to a GPU. Neither
