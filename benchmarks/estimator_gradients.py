@@ -23,11 +23,14 @@ differentiates the penalty with respect to b. It prints per estimator and streng
 * ``D̂``: the estimator's value, mean ± sd over batches (at b = 0: its floor under
   independence; the plug-in's is its finite-sample bias ≈ (K−1)(|T|−1)/(2B));
 * ``dD̂/db > 0``: the share of batches whose gradient has the right sign (descending it
-  lowers b), and ``SNR``: mean / sd of dD̂/db over batches. A share near 50 % and an SNR
+  lowers b); ``< 0``: the share with the wrong sign (the rest are exactly 0, e.g. dCor
+  clamped at 0); ``SNR``: mean / sd of dD̂/db over batches. Shares near 50 / 50 and an SNR
   near 0 mean the fairness step is noise at that dependence.
 
 Parametric critics (hgr, tc, club) persist across batches as in training; they take
-``--burn-in`` unrecorded batches at each strength first.
+``--burn-in`` unrecorded batches at each strength first. Here the distribution they track
+stands still, so this is their best case: in training the encoder moves and can outrun them
+(see "Neural critics" in ``methods/infomin.py``).
 """
 from __future__ import annotations
 
@@ -163,9 +166,10 @@ def main(argv=None) -> int:
             rows.append([
                 b_value, f"{mi_all:.4f}", f"{100 * mnce_all:.1f}", label,
                 f"{np.mean(values):.4f} ± {np.std(values):.4f}", f"{100 * np.mean(g > 0):.0f} %",
+                f"{100 * np.mean(g < 0):.0f} %",
                 f"{np.mean(g) / np.std(g):+.2f}" if np.std(g) > 0 else "n/a",
             ])
-    print(tabulate(rows, headers=["b", "I(C;T) all", "MNCE", "estimator", "D̂ (mean ± sd)", "dD̂/db > 0", "SNR"],
+    print(tabulate(rows, headers=["b", "I(C;T) all", "MNCE", "estimator", "D̂ (mean ± sd)", "dD̂/db > 0", "< 0", "SNR"],
                    tablefmt="github"))
     return 0
 
