@@ -89,14 +89,15 @@ class InfominClustering(Method):
     none; 0.082, 0.028, 0.012; 0.0104). At β = 0.5 seed 0 ends more dependent than the same
     seed without the term (0.082 against 0.062). The plug-in leaves 1 of 15 runs above 0.01 at
     β ≥ 0.05. Three failures in five at β = 0.5, against 2 of 15 at the other weights pooled,
-    is not significant at 5 seeds (Fisher's exact test, p = 0.07). ``benchmarks/estimator_gradients.py``
-    shows the noise, measured on Adult's 10 sex × race cells, batch 512, 150 batches per
-    dependence level:
+    is not significant at 5 seeds (Fisher's exact test, p = 0.07).
+    ``benchmarks/estimator_gradients.py`` shows the noise, measured on Adult's 10 sex × race
+    cells, batch 512, 150 batches per dependence level:
 
     * Under independence, slice's in-sample CCA reads 0.17 ± 0.05 (the plug-in 0.009).
-    * At dependence levels of MNCE 92–97 on sex, just below where the plug-in's runs end
-      on average (95.8–99.0 at β ≥ 0.05), slice's gradient has the right sign in 63–74 % of batches (mean/sd 0.1–0.5).
-      The plug-in and Pearson are right in 90–100 % (mean/sd 1.2–4.2).
+    * At dependence levels of MNCE 92–97 on sex, just below where the plug-in's runs end on
+      average (95.8–99.0 at β ≥ 0.05), slice's gradient has the right sign in 63–74 % of
+      batches (mean/sd 0.1–0.5). The plug-in and Pearson are right in 90–100 % (mean/sd
+      1.2–4.2).
     * With T = sex alone (``encoding=single``) the floor halves (0.08) and slice is right in
       77–89 % of batches in that band. At β = 0.5 all 5 seeds then end with I(C; sex) ≤ 0.003
       (MNCE on sex 93.7 ± 5.5).
@@ -115,23 +116,24 @@ class InfominClustering(Method):
     takes ``inner_steps`` Adam steps per batch (3, 5, 5: the infomin Adult notebook's counts,
     kept as defaults). Measured on digits-reversed (target Q, joint encoding, β = 0.2, 50
     epochs, CPU, seeds 0–2; records in results/runs, "D̂ last" / "I(Q;G) last" columns of the
-    leaderboard's cost table): with the default steps TC and CLUB end with D̂ ≈ 0 (TC 0.007–0.035,
-    CLUB −0.24 to 0.18) while the exact plug-in I(Q;G) of the same batches stays at 0.60–0.69
-    nats (log 2 = 0.69: clusters split by group) and MNCE is 0 on every seed: the encoder moves
-    faster than the critic re-learns (on fixed data the TC critic needs ~175 steps to reach its
-    optimum). HGR ends partly fair (MNCE 55.5 / 68.5 / 0). With ``inner_steps=50`` (TC, CLUB)
-    or 30 (HGR) the critics keep up: TC MNCE 85.9 / 11.0 / 97.9, I(Q;G) ≤ 0.04, ACC 38.8 ± 0.9
-    (default 39.3 ± 1.5); CLUB MNCE 99.1 / 0 / 98.7 with ACC 24.2 ± 9.8 (its seed 1 collapsed:
-    near-uniform soft assignments, flagged by the leaderboard); HGR MNCE 74.2 ± 12.5, I(Q;G)
-    0.03. Raising β instead does not help (TC β = 1, seed 0: MNCE 0), nor does CLUB's
-    categorical q(t|a) (seed 0: MNCE 0, I 0.68). The critic's steps cost 7–8× the fairness
-    time (TC 38 → 273 ms per step on one core). On Adult (sex × race, K = 2, 10 epochs of which
-    5 clustering, seeds 0–4) CLUB and HGR were not fooled: I(Q;G) last 0.013 and 0.011, as
-    the exact plug-in's 0.012, MNCE on sex 98.9 ± 0.8 and 98.7 ± 0.8 (plug-in 99.0 ± 1.2). TC
-    was, mildly: D̂ 0.003 beside I(Q;G) 0.021 ± 0.006 (0.018–0.025 on seeds 1–4) and MNCE
-    91.8 ± 6.7 (84.4–88.6 on seeds 2–4); a short clustering phase gives the encoder little
-    time to outrun the critics. So read a neural estimator's row beside its I(Q;G) column,
-    and sweep ``inner_steps`` with β; defaults stay the reference's.
+    leaderboard's cost table): with the default steps TC and CLUB end with D̂ ≈ 0 (TC
+    0.007–0.035, CLUB −0.24 to 0.18) while the exact plug-in I(Q;G) of the same batches stays
+    at 0.60–0.69 nats (log 2 = 0.69: clusters split by group) and MNCE is 0 on every seed: the
+    encoder moves faster than the critic re-learns (on fixed data the TC critic needs ~175
+    steps to reach its optimum). HGR ends partly fair (MNCE 55.5 / 68.5 / 0). With
+    ``inner_steps=50`` (TC, CLUB) or 30 (HGR) the critics keep up: TC MNCE 85.9 / 11.0 / 97.9,
+    I(Q;G) ≤ 0.04, ACC 38.8 ± 0.9 (default 39.3 ± 1.5); CLUB MNCE 99.1 / 0 / 98.7 with ACC 24.2
+    ± 9.8 (its seed 1 collapsed: near-uniform soft assignments, flagged by the leaderboard);
+    HGR MNCE 74.2 ± 12.5, I(Q;G) 0.03. Raising β instead does not help (TC β = 1, seeds 0–2:
+    MNCE 0 on all three, I(C;G) 0.66–0.69), nor does CLUB's categorical q(t|a) (seeds 0–2: MNCE
+    0, I 0.66–0.69). The critic's steps cost 7–8× the fairness time (TC 38 → 273 ms per step on
+    one core). On Adult (sex × race, K = 2, 10 epochs of which 5 clustering, seeds 0–4) CLUB
+    and HGR were not fooled: I(Q;G) last 0.013 and 0.011, as the exact plug-in's 0.012, MNCE on
+    sex 98.9 ± 0.8 and 98.7 ± 0.8 (plug-in 99.0 ± 1.2). TC was, mildly: D̂ 0.003 beside I(Q;G)
+    0.021 ± 0.006 (0.018–0.025 on seeds 1–4) and MNCE 91.8 ± 6.7 (84.4–88.6 on seeds 2–4); a
+    short clustering phase gives the encoder little time to outrun the critics. So read a
+    neural estimator's row beside its I(Q;G) column, and sweep ``inner_steps`` with β; defaults
+    stay the reference's.
 
     History rows add ``fair_fit_s`` (seconds per max-step, the infomin paper's axis) and
     ``fair_step_s`` (max-step + penalty forward; backward not included), measured with CUDA
