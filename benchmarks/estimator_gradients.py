@@ -160,7 +160,10 @@ def main(argv=None) -> int:
         for label, name, options in specs:
             if name == "plugin":
                 options = {"blocks": blocks, **options}
-            est = make_estimator(name, K, t_all.shape[1], seed=args.seed, **options)
+            try:
+                est = make_estimator(name, K, t_all.shape[1], seed=args.seed, **options)
+            except (TypeError, ValueError) as exc:  # an option the estimator does not take, or a bad value
+                fail(f"estimator {label!r}: {exc}")
             values, g = penalty_gradients(est, u_all, s_all, t_all, b_value, batch_size=B, batches=args.batches,
                                           burn_in=args.burn_in, tau=args.tau, seed=args.seed + 1)
             rows.append([

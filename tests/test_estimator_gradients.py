@@ -64,6 +64,7 @@ def test_same_seed_same_batches_and_main_prints_a_row_per_estimator_and_strength
     (["--estimators", "slice:n_slices"], "error: estimator option 'n_slices' in 'slice:n_slices' is not key=value"),
     (["--dataset", "nope"], "error: unknown dataset 'nope'; accepted: "),
     (["--attribute", "3"], "error: --attribute 3, but digits-reversed has attributes 0..0"),
+    (["--estimators", "slice:slices=3"], "error: estimator 'slice:slices=3': "),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(diag, capsys, argv, message):
     args = ["--dataset", "digits-reversed", *argv] if "--dataset" not in argv else argv
