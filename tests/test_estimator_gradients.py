@@ -70,5 +70,6 @@ def test_bad_input_is_one_line_on_stderr_and_exit_code_2(diag, capsys, argv, mes
     args = ["--dataset", "digits-reversed", *argv] if "--dataset" not in argv else argv
     with pytest.raises(SystemExit) as exc:
         diag.main(args)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert exc.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert out == "", out  # rejected before any output
