@@ -9,6 +9,7 @@ from scipy.optimize import linprog
 from bench import Attribute, LabelledData, registry
 from bench.metrics import accuracy, balance, contingency
 from methods import falg as falg_mod
+from methods._fair_classical import kmedoids
 from methods._fairlets import balanced, best_ratio, build_quadtree, fairlet_medoids, tree_fairlets
 from methods.spfc import fair_spectral_embedding, fairness_matrix
 
@@ -113,6 +114,39 @@ def test_scfc_clusters_meet_the_target_balance_and_skip_many_groups():
                         attributes=(Attribute("g", 3),), n_clusters=4)
     with pytest.raises(NotApplicable):
         registry.methods.get("scfc")().check_applicable(many.clustering_input())
+
+
+def _kmedian_cost(D, medoids):
+    return float(D[:, list(medoids)].min(1).values.sum())
+
+
+@pytest.mark.parametrize("chunk", [7, 2048])
+def test_swap_search_reaches_the_exhaustive_k_median_optimum_where_voronoi_stalls(chunk, monkeypatch):
+    """Four overlapping blobs, k = 3: Voronoi iteration stalls above the optimum on some draws;
+    the swap search (FasterPAM) ends at a medoid set no single swap improves, here the optimum
+    found by trying all C(40, 3) sets, in chunks of any size."""
+    import itertools
+
+    from methods import _fair_classical as fc
+
+    real = fc.swap_medoids
+    monkeypatch.setattr(fc, "swap_medoids", lambda X, m, seed: real(X, m, seed, chunk=chunk))
+    gen = torch.Generator().manual_seed(0)
+    stalled = 0
+    for trial in range(6):
+        X = torch.randn(40, 3, generator=gen) + torch.repeat_interleave(torch.randn(4, 3, generator=gen) * 3, 10, 0)
+        D = torch.cdist(X.double(), X.double())
+        optimum = min(_kmedian_cost(D, c) for c in itertools.combinations(range(40), 3))
+        _, _, voronoi_cost = kmedoids(X, 3, seed=trial)
+        medoids, labels, swap_cost = kmedoids(X, 3, seed=trial, swap=True)
+        stalled += voronoi_cost > optimum + 1e-3
+        assert swap_cost <= voronoi_cost + 1e-4
+        assert swap_cost == pytest.approx(optimum, rel=1e-5)
+        assert np.array_equal(labels, D[:, list(medoids)].argmin(1).numpy())
+        for m, o in itertools.product(range(3), range(40)):  # swap-local optimum
+            trial_set = [o if i == m else medoids[i] for i in range(3)]
+            assert _kmedian_cost(D, trial_set) >= _kmedian_cost(D, medoids) - 1e-4
+    assert stalled >= 1  # the draws include a case the swap search is needed for
 
 
 # --------------------------------------------------------------------- SpFC: the constraint
