@@ -74,11 +74,10 @@ class ScalableFairClustering(Method):
         if self.params["kmedian_iter"] < 1 or self.params["max_candidates"] < 2:
             raise ParameterError("scfc: kmedian_iter must be >= 1 and max_candidates >= 2")
 
-    def fit(self, data, seed, device):
-        t0 = time.perf_counter()
+    def fairlets(self, X: np.ndarray, colors: np.ndarray, rng: np.random.Generator):
+        """Step 1: the (p, q)-fairlet decomposition along a shifted quadtree drawn from ``rng``.
+        Returns (fairlet index of every point, number of fairlets, tree depth, p, q)."""
         P = self.params
-        X = data.flat_features().astype(np.float32, copy=False)
-        colors = data.group
         counts, _ = group_shares(colors, 2)
         if P["p"]:
             g = np.gcd(P["p"], P["q"])
@@ -87,13 +86,18 @@ class ScalableFairClustering(Method):
                 raise ParameterError(f"scfc: target balance {p}/{q} exceeds the data's {counts.min()}/{counts.max()}")
         else:
             p, q = best_ratio(counts, P["max_q"])
-        rng = np.random.default_rng(seed)
         if p == 0:  # one group is empty: every clustering is as fair as it can be
-            fairlet_of, n_fairlets, depth = np.arange(len(X)), len(X), 0
-        else:
-            tree = build_quadtree(X, rng, max_levels=P["max_levels"], child_order=P["child_order"])
-            fairlet_of, n_fairlets = tree_fairlets(tree, colors, p, q)
-            depth = tree.depth()
+            return np.arange(len(X)), len(X), 0, p, q
+        tree = build_quadtree(X, rng, max_levels=P["max_levels"], child_order=P["child_order"])
+        fairlet_of, n_fairlets = tree_fairlets(tree, colors, p, q)
+        return fairlet_of, n_fairlets, tree.depth(), p, q
+
+    def fit(self, data, seed, device):
+        t0 = time.perf_counter()
+        P = self.params
+        X = data.flat_features().astype(np.float32, copy=False)
+        rng = np.random.default_rng(seed)
+        fairlet_of, n_fairlets, depth, p, q = self.fairlets(X, data.group, rng)
         t_tree = time.perf_counter() - t0
         Xt = torch.as_tensor(X).to(device)
         centres, decomposition_cost = fairlet_medoids(Xt, fairlet_of, n_fairlets)
