@@ -216,36 +216,3 @@ def swap_medoids(
         if not swapped:
             break
     return medoids
-    rng = np.random.default_rng(seed)
-    Dm = _sqdist(X, X[medoids]).sqrt_()
-    for _ in range(max_passes):
-        swapped = False
-        order = rng.permutation(n)
-        for start in range(0, n, chunk):
-            cand = order[start : start + chunk]
-            cand = cand[~np.isin(cand, medoids)]
-            if cand.size == 0:
-                continue
-            Dc = _sqdist(X, X[cand]).sqrt_()
-            live = torch.ones(cand.size, dtype=torch.bool, device=X.device)
-            while True:
-                d12, nn = Dm.topk(2, dim=1, largest=False)
-                d1, d2, n1 = d12[:, :1], d12[:, 1:], nn[:, 0]
-                removal = torch.zeros(k, dtype=torch.float64, device=X.device).index_add_(0, n1, (d2 - d1)[:, 0].double())
-                closer = Dc < d1
-                gain = torch.where(closer, Dc - d1, 0.0).sum(0, dtype=torch.float64)
-                t = torch.where(closer, (d1 - d2).expand_as(Dc), torch.where(Dc < d2, Dc - d2, 0.0))
-                per_medoid = torch.zeros(k, cand.size, dtype=torch.float64, device=X.device).index_add_(0, n1, t.double())
-                delta = removal[:, None] + per_medoid + gain[None, :]
-                delta[:, ~live] = float("inf")
-                best = int(torch.argmin(delta))
-                m, o = divmod(best, cand.size)
-                if not float(delta[m, o]) < -rtol * float(d1.sum(dtype=torch.float64)):
-                    break
-                medoids[m] = cand[o]
-                Dm[:, m] = Dc[:, o]
-                live[o] = False
-                swapped = True
-        if not swapped:
-            break
-    return medoids
