@@ -1,27 +1,20 @@
 """The gradient-reliability diagnostic of ``benchmarks/estimator_gradients.py`` on the embedded
 digits-reversed groups: its measurement must separate signal from noise, or the figures it
 prints (quoted in ``methods/infomin.py``) mean nothing."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from bench import registry
 from methods._estimators import encode_groups, make_estimator
+from tests.helpers import benchmark_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "estimator_gradients.py"
 
 
 @pytest.fixture(scope="module")
 def diag():
-    spec = importlib.util.spec_from_file_location("estimator_gradients", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("estimator_gradients")
 
 
 @pytest.fixture(scope="module")

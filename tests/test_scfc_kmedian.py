@@ -1,25 +1,18 @@
 """``benchmarks/scfc_kmedian.py`` must rebuild exactly the fairlets and k-median of ``scfc``
 for a seed, or the figures it prints (quoted in ``methods/scfc.py``) say nothing about ScFC."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from bench import registry
+from tests.helpers import benchmark_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scfc_kmedian.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("scfc_kmedian", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("scfc_kmedian")
 
 
 @pytest.fixture(scope="module")
