@@ -80,18 +80,27 @@ def _sqdist(x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     return ((x * x).sum(1, keepdim=True) - 2.0 * x @ C.T + (C * C).sum(1)).clamp_min_(0.0)
 
 
-def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of and Euclidean distance to the nearest row of C, for every row of X."""
+def _dist(x: torch.Tensor, C: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """Euclidean distances between the rows of x and C, or their squares with ``squared``."""
+    d = _sqdist(x, C)
+    return d if squared else d.sqrt_()
+
+
+def _nearest(
+    X: torch.Tensor, C: torch.Tensor, chunk: int = 16384, squared: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and Euclidean distance (or its square) to the nearest row of C, for every row of X."""
     idx, dist = [], []
     for start in range(0, X.shape[0], chunk):
         m, i = _sqdist(X[start : start + chunk], C).min(1)
         idx.append(i)
-        dist.append(m.sqrt())
+        dist.append(m if squared else m.sqrt())
     return torch.cat(idx), torch.cat(dist)
 
 
 def kmedoids(
-    X: torch.Tensor, k: int, seed: int, n_iter: int = 100, max_candidates: int = 256, swap: bool = False
+    X: torch.Tensor, k: int, seed: int, n_iter: int = 100, max_candidates: int = 256, swap: bool = False,
+    squared: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """k-medoids (Euclidean k-median with centres among the points), Voronoi iteration.
 
@@ -104,6 +113,9 @@ def kmedoids(
     cluster mean (a documented approximation of the exact medoid, which would cost O(m²)).
     The cost never increases. ``swap=True`` then runs :func:`swap_medoids` (FasterPAM's swap
     search) from the Voronoi result, drawing its candidate order from ``seed``.
+    ``squared=True`` replaces every distance by its square (seeding weights, medoid update,
+    swaps, cost): a k-means-like medoid objective, used by ``benchmarks/scfc_kmedian.py`` as a
+    diagnostic; ScFC itself is Euclidean.
     Returns (medoid indices, labels, total cost).
     """
     n = X.shape[0]
@@ -111,14 +123,14 @@ def kmedoids(
         return np.arange(n), np.arange(n) % max(k, 1), 0.0
     rng = np.random.default_rng(seed)
     medoids = [int(rng.integers(n))]
-    dmin = _nearest(X, X[medoids])[1].double().cpu().numpy()
+    dmin = _nearest(X, X[medoids], squared=squared)[1].double().cpu().numpy()
     for _ in range(1, k):
         w = dmin.copy()
         w[medoids] = 0.0
         total = w.sum()
         nxt = int(rng.choice(n, p=w / total)) if total > 0 else int(np.setdiff1d(np.arange(n), medoids)[0])
         medoids.append(nxt)
-        dmin = np.minimum(dmin, _nearest(X, X[[nxt]])[1].double().cpu().numpy())
+        dmin = np.minimum(dmin, _nearest(X, X[[nxt]], squared=squared)[1].double().cpu().numpy())
     medoids = np.asarray(medoids)
     for _ in range(n_iter):
         labels = _nearest(X, X[medoids])[0].cpu().numpy()
@@ -136,7 +148,7 @@ def kmedoids(
                 cand = np.union1d(members[near.cpu().numpy()], [medoids[c]])
             cost = torch.zeros(len(cand), dtype=torch.float64, device=X.device)
             for start in range(0, members.size, 8192):
-                cost += _sqdist(Xm[start : start + 8192], X[cand]).sqrt().sum(0).double()
+                cost += _dist(Xm[start : start + 8192], X[cand], squared).sum(0).double()
             # ties: keep the current medoid, else the smallest index
             best = cand[int(torch.argmin(cost))]
             if cost[int(np.flatnonzero(cand == medoids[c])[0])] <= cost.min():
@@ -146,13 +158,14 @@ def kmedoids(
             break
         medoids = new
     if swap:
-        medoids = swap_medoids(X, medoids, seed)
-    labels, dist = _nearest(X, X[medoids])
+        medoids = swap_medoids(X, medoids, seed, squared=squared)
+    labels, dist = _nearest(X, X[medoids], squared=squared)
     return medoids, labels.cpu().numpy(), float(dist.double().sum())
 
 
 def swap_medoids(
-    X: torch.Tensor, medoids: np.ndarray, seed: int, chunk: int = 2048, max_passes: int = 20, rtol: float = 1e-6
+    X: torch.Tensor, medoids: np.ndarray, seed: int, chunk: int = 2048, max_passes: int = 20, rtol: float = 1e-6,
+    squared: bool = False,
 ) -> np.ndarray:
     """Improve k medoids by eager swaps until no swap of a medoid with a non-medoid lowers the cost.
 
@@ -173,14 +186,15 @@ def swap_medoids(
     recomputed cost by more than ``rtol`` of it, and the chunk is re-evaluated; a pass over all
     candidates without a swap ends the search (a swap-local optimum, as PAM's), else
     ``max_passes`` does. The cost never increases. Swap searches find lower k-median costs than
-    Voronoi iteration, which only moves a medoid within its own cluster.
+    Voronoi iteration, which only moves a medoid within its own cluster. ``squared=True``
+    searches on squared distances (see :func:`kmedoids`).
     """
     n, k = X.shape[0], len(medoids)
     medoids = np.array(medoids)
     if k >= n or k < 2:
         return medoids
     rng = np.random.default_rng(seed)
-    Dm = _sqdist(X, X[medoids]).sqrt_()
+    Dm = _dist(X, X[medoids], squared)
     cost = float(Dm.min(1).values.sum(dtype=torch.float64))
     for _ in range(max_passes):
         swapped = False
@@ -190,7 +204,7 @@ def swap_medoids(
             cand = cand[~np.isin(cand, medoids)]
             if cand.size == 0:
                 continue
-            Dc = _sqdist(X, X[cand]).sqrt_()
+            Dc = _dist(X, X[cand], squared)
             live = torch.ones(cand.size, dtype=torch.bool, device=X.device)
             while True:
                 d12, nn = Dm.topk(2, dim=1, largest=False)
