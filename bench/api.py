@@ -161,12 +161,18 @@ class MethodOutput:
     ``stages`` optionally names the labels of every sample at intermediate points of the
     training (e.g. FCMI's warm-up clustering, DFC's k-means start): the runner stores them
     beside the final labels and scores them like the final ones (the record's ``stages``), for
-    diagnosis only. They never choose what is reported: the final labels are the result."""
+    diagnosis only. They never choose what is reported: the final labels are the result.
+
+    ``reused_seconds`` is the time an earlier fit in the same process spent on work this fit
+    took from a cache instead of redoing (work that depends on the data only, such as SpFC's
+    k-NN graph). The runner adds it to the cell's ``train_seconds``, so that a cell's time is
+    what it costs alone whatever ran before it in the worker, and stores it in the record."""
 
     labels: np.ndarray
     embedding: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
     stages: dict[str, np.ndarray] = field(default_factory=dict)
+    reused_seconds: float = 0.0
 
 
 def _jsonable(value):

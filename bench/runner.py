@@ -200,9 +200,14 @@ def run_cell(cell: Cell, options: RunOptions, cache: _DatasetCache = _CACHE) -> 
         t0 = time.perf_counter()
         with checkpoint.active(ckpt), execution.settings(cuda_graphs=options.cuda_graphs):
             out = method.fit(inp, cell.seed, device)
-        record["train_seconds"] = time.perf_counter() - t0 + ckpt.prior_seconds
+        reused = float(out.reused_seconds or 0.0)
+        if not (math.isfinite(reused) and reused >= 0):
+            raise ValueError(f"reused_seconds must be a finite number >= 0, got {out.reused_seconds!r}")
+        record["train_seconds"] = time.perf_counter() - t0 + ckpt.prior_seconds + reused
         if ckpt.prior_seconds:  # continued from a checkpoint: earlier attempts' seconds included
             record["resumed_after_seconds"] = ckpt.prior_seconds
+        if reused:  # cached work of an earlier cell in this worker, charged to this one too
+            record["reused_seconds"] = reused
         labels = _check_labels(out.labels, data.n_samples, data.n_clusters)
         history = [{k: _to_float(v) for k, v in row.items()} for row in (out.history or [])]
         bad = [(i, k) for i, row in enumerate(history) for k, v in row.items()

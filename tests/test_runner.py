@@ -265,6 +265,27 @@ def test_intermediate_stages_are_stored_and_scored_like_the_final_labels(tmp_pat
         assert f"| {100 * record['metrics']['acc']:.1f} " in row
 
 
+def test_work_reused_from_an_earlier_cell_is_charged_to_every_cell_that_reuses_it(tmp_path):
+    """SpFC builds its k-NN graph once per worker and later cells reuse it: each of those
+    reports the build time as reused_seconds, which the runner adds to its train_seconds, so
+    no cell's time depends on what ran before it in the worker."""
+    from methods import _fair_classical as fc
+
+    fc._LAST_GRAPH.clear()
+    store = RecordStore(tmp_path)
+    methods = (("spfc-unnorm", {}), ("spfc-norm", {}))
+    summary = run_grid(_grid(seeds=(0, 1), methods=methods), store, OPTS, progress=False)
+    assert len(summary.ran) == 4, summary.failed
+    records = store.records()
+    builder = [r for r in records if "reused_seconds" not in r]
+    reusers = [r for r in records if "reused_seconds" in r]
+    assert len(builder) == 1 and len(reusers) == 3  # one graph for the two variants and two seeds
+    graph_seconds = reusers[0]["reused_seconds"]
+    assert graph_seconds > 0 and all(r["reused_seconds"] == graph_seconds for r in reusers)
+    assert graph_seconds < builder[0]["train_seconds"]
+    assert all(r["train_seconds"] > graph_seconds for r in reusers)
+
+
 def test_bad_stage_labels_fail_the_cell_with_the_reason(tmp_path, monkeypatch):
     import methods.kmeans as km
     from bench import MethodOutput
