@@ -22,9 +22,10 @@ from the seed. Then k-means (bench.kmeans, seeded) on the rows of H, as in the p
 The k-NN graph depends on the data only, so a worker process builds it once and the
 following seeds (and the other variant) reuse it (:func:`methods._fair_classical.knn_graph_timed`).
 A cell that reuses it reports the graph's build time as ``reused_seconds``, which the runner
-adds to its ``train s``, so every cell's time is what it costs alone (on one CPU thread the
-graph takes 865 s for MNIST-USPS and the rest of a cell 4–10 s). Records made before this
-change charged the graph to the first cell of a worker only.
+adds to its ``train s``, so every cell's time is what it costs alone (on one CPU thread, with
+the other core busy, the graph took 177 s for MNIST-USPS and 576 s for Color-Reverse MNIST,
+the rest of a cell 2–10 s). The stored records were remade this way (same labels); before,
+the graph was charged to the first cell of a worker only.
 """
 from __future__ import annotations
 
