@@ -78,8 +78,8 @@ class IFC(Method):
       embedding toward the discriminators' region of doubt, which gathers the embedding, and
       with K = 2 the clustering term (0.04·log 2) is too weak to hold the clusters apart; on
       digits-reversed (K = 10; 50 epochs, seeds 0–4 each) LambdaAdv 0, 0.1 and 1 all ended
-      sharp (final H(C|X) ≤ 0.18) and fair (MNCE 99.4–99.9 on seeds 0–2; on seeds 3–4 94.2 and
-      99.7, 99.7 and 97.8, 87.8 and 99.8). Over seeds 0-4 (Adult, same 10-epoch schedule, CPU) the default collapsed in 5 of 5
+      sharp (final H(C|X) ≤ 0.18) and fair (MNCE 99.4–99.9 on seeds 0–2; on seeds 3 and 4: 99.7 and
+      94.2, 99.7 and 97.8, 87.8 and 99.8). Over seeds 0-4 (Adult, same 10-epoch schedule, CPU) the default collapsed in 5 of 5
       (MNCE on sex 95.2 / 65.6 / 92.8 / 92.3 / 72.9), LambdaAdv 0.01 in 1 of 5 (seed 2,
       83.2; the others 97.0-99.6) and reversal in none (95.6-98.8). The seed-0 ablations
       above hold over seeds 0-4: LambdaAdv 0 stayed sharp (last H(C|X) ≤ 0.12) and fair in
