@@ -1,7 +1,8 @@
 """Shared pieces of the classical fair-clustering baselines (ScFC, SpFC, FAlg).
 
 * :func:`knn_graph` -- symmetric k-nearest-neighbour connectivity graph (scipy CSR): exact
-  neighbours from scikit-learn on the CPU, from a chunked distance matrix + ``topk`` on a GPU.
+  neighbours from scikit-learn on the CPU, from a chunked distance matrix + ``topk`` on a GPU;
+  cached per process, with the build time of a reused graph.
 * :func:`kmedoids` -- Euclidean k-median restricted to data points (k-medoids) by Voronoi
   iteration (Park & Jun, 2009), optionally followed by FasterPAM's eager swap search
   (:func:`swap_medoids`), the "any k-median implementation" ScFC needs.
@@ -42,13 +43,7 @@ def _torch_knn(X: torch.Tensor, n_neighbors: int, chunk: int = 4096) -> np.ndarr
 _LAST_GRAPH: dict = {}
 
 
-def knn_graph(X: np.ndarray, n_neighbors: int, device=None) -> sp.csr_matrix:
-    """Symmetric 0/1 k-nearest-neighbour graph W = max(A, A^T) of the rows of ``X``
-    (:func:`knn_graph_timed` without the timing)."""
-    return knn_graph_timed(X, n_neighbors, device)[0]
-
-
-def knn_graph_timed(X: np.ndarray, n_neighbors: int, device=None) -> tuple[sp.csr_matrix, float]:
+def knn_graph(X: np.ndarray, n_neighbors: int, device=None) -> tuple[sp.csr_matrix, float]:
     """Symmetric 0/1 k-nearest-neighbour graph W = max(A, A^T) of the rows of ``X``, and the
     seconds its build took when it came from the cache (0.0 when it was built by this call).
 

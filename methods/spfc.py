@@ -20,7 +20,7 @@ h − 1 correction per call) given to ARPACK's ``eigsh`` (which="LA"); the start
 from the seed. Then k-means (bench.kmeans, seeded) on the rows of H, as in the paper.
 
 The k-NN graph depends on the data only, so a worker process builds it once and the
-following seeds (and the other variant) reuse it (:func:`methods._fair_classical.knn_graph_timed`).
+following seeds (and the other variant) reuse it (:func:`methods._fair_classical.knn_graph`).
 A cell that reuses it reports the graph's build time as ``reused_seconds``, which the runner
 adds to its ``train s``, so every cell's time is what it costs alone (on one CPU thread, with
 the other core busy, the graph took 177 s for MNIST-USPS and 576 s for Color-Reverse MNIST,
@@ -40,7 +40,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from bench import Method, MethodOutput, ParameterError, register_method
 from bench.kmeans import kmeans
 
-from ._fair_classical import knn_graph_timed
+from ._fair_classical import knn_graph
 
 
 def fairness_matrix(groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -176,7 +176,7 @@ class _FairSpectral(Method):
                 for idx in (np.flatnonzero(groups == g) for g in range(data.n_groups)) if len(idx)
             ]))
         Xs = X[sample]
-        W, graph_reused_s = knn_graph_timed(Xs, min(P["n_neighbors"], len(Xs) - 1), device)
+        W, graph_reused_s = knn_graph(Xs, min(P["n_neighbors"], len(Xs) - 1), device)
         k = min(data.n_clusters, len(Xs) - data.n_groups)
         H, eig, info = fair_spectral_embedding(
             W, groups[sample], data.n_groups, k, self.normalized, seed=seed, tol=P["tol"],

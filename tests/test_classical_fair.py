@@ -159,7 +159,7 @@ def test_spectral_solution_satisfies_fairness_constraint_and_matches_dense_refer
     rng = np.random.default_rng(3)
     X = rng.normal(size=(240, 5))
     groups = rng.integers(0, 3, 240)
-    W = knn_graph(X, 8)
+    W, _ = knn_graph(X, 8)
     H, eig, _ = fair_spectral_embedding(W, groups, 3, 4, normalized, seed=0)
     F = fairness_matrix(groups, 3)
     assert np.abs(F.T @ H).max() <= 1e-10 * np.abs(F).max() * np.abs(H).max() * len(H)
@@ -268,17 +268,18 @@ def test_gpu_knn_path_matches_scikit_learn():
 
 def test_knn_graph_is_reused_across_seeds_without_sharing_the_matrix():
     """The graph depends only on the data: a second call with the same X is served from the
-    per-process cache (equal graph), mutating a returned graph does not touch the cache, and
-    other data get their own graph."""
+    per-process cache (equal graph, with the seconds its build took), mutating a returned
+    graph does not touch the cache, and other data get their own graph."""
     from methods import _fair_classical as fc
 
     rng = np.random.default_rng(4)
     X = rng.normal(size=(300, 6)).astype(np.float32)
-    first = fc.knn_graph(X, 7)
+    first, first_reused = fc.knn_graph(X, 7)
     cached = fc._LAST_GRAPH["W"]
     first.data[:] = 5.0
-    second = fc.knn_graph(X.copy(), 7)
+    second, second_reused = fc.knn_graph(X.copy(), 7)
     assert fc._LAST_GRAPH["W"] is cached
+    assert first_reused == 0.0 and second_reused == fc._LAST_GRAPH["seconds"] > 0  # the reuser is told the build time
     assert (second != fc._build_knn_graph(X, 7)).nnz == 0 and second.data.max() == 1.0
-    other = fc.knn_graph(X + 1e-3 * rng.normal(size=X.shape).astype(np.float32), 7)
+    other, _ = fc.knn_graph(X + 1e-3 * rng.normal(size=X.shape).astype(np.float32), 7)
     assert fc._LAST_GRAPH["W"] is not cached and other.shape == (300, 300)
