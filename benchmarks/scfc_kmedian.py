@@ -64,9 +64,8 @@ def fairlet_table(method, data, seed: int):
     """The fairlets of ``scfc`` at ``seed`` and the seed its k-median would get."""
     inp = method.prepare_input(data.clustering_input())
     X = inp.flat_features().astype(np.float32, copy=False)
-    rng = np.random.default_rng(seed)
-    fairlet_of, n_fairlets, depth, p, q = method.fairlets(X, inp.group, rng)
-    return X, inp.group, fairlet_of, n_fairlets, depth, (p, q), int(rng.integers(2**31))
+    fairlet_of, n_fairlets, depth, p, q, kmedian_seed = method.fairlets(X, inp.group, seed)
+    return X, inp.group, fairlet_of, n_fairlets, depth, (p, q), kmedian_seed
 
 
 def label_purity(y: np.ndarray, fairlet_of: np.ndarray, n_fairlets: int) -> float:

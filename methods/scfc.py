@@ -102,10 +102,12 @@ class ScalableFairClustering(Method):
         if self.params["kmedian_iter"] < 1 or self.params["max_candidates"] < 2:
             raise ParameterError("scfc: kmedian_iter must be >= 1 and max_candidates >= 2")
 
-    def fairlets(self, X: np.ndarray, colors: np.ndarray, rng: np.random.Generator):
-        """Step 1: the (p, q)-fairlet decomposition along a shifted quadtree drawn from ``rng``.
-        Returns (fairlet index of every point, number of fairlets, tree depth, p, q)."""
+    def fairlets(self, X: np.ndarray, colors: np.ndarray, seed: int):
+        """Step 1: the (p, q)-fairlet decomposition along a shifted quadtree drawn from ``seed``.
+        Returns (fairlet index of every point, number of fairlets, tree depth, p, q, the seed
+        of step 2's k-median, drawn from the same generator after the tree)."""
         P = self.params
+        rng = np.random.default_rng(seed)
         counts, _ = group_shares(colors, 2)
         if P["p"]:
             g = np.gcd(P["p"], P["q"])
@@ -115,23 +117,22 @@ class ScalableFairClustering(Method):
         else:
             p, q = best_ratio(counts, P["max_q"])
         if p == 0:  # one group is empty: every clustering is as fair as it can be
-            return np.arange(len(X)), len(X), 0, p, q
+            return np.arange(len(X)), len(X), 0, p, q, int(rng.integers(2**31))
         tree = build_quadtree(X, rng, max_levels=P["max_levels"], child_order=P["child_order"])
         fairlet_of, n_fairlets = tree_fairlets(tree, colors, p, q)
-        return fairlet_of, n_fairlets, tree.depth(), p, q
+        return fairlet_of, n_fairlets, tree.depth(), p, q, int(rng.integers(2**31))
 
     def fit(self, data, seed, device):
         t0 = time.perf_counter()
         P = self.params
         X = data.flat_features().astype(np.float32, copy=False)
-        rng = np.random.default_rng(seed)
-        fairlet_of, n_fairlets, depth, p, q = self.fairlets(X, data.group, rng)
+        fairlet_of, n_fairlets, depth, p, q, kmedian_seed = self.fairlets(X, data.group, seed)
         t_tree = time.perf_counter() - t0
         Xt = torch.as_tensor(X).to(device)
         centres, decomposition_cost = fairlet_medoids(Xt, fairlet_of, n_fairlets)
         k = min(data.n_clusters, n_fairlets)
         _, centre_labels, kmedian_cost = kmedoids(
-            Xt[torch.as_tensor(centres, device=Xt.device)], k, seed=int(rng.integers(2**31)),
+            Xt[torch.as_tensor(centres, device=Xt.device)], k, seed=kmedian_seed,
             n_iter=P["kmedian_iter"], max_candidates=P["max_candidates"], swap=P["kmedian"] == "swap",
         )
         labels = centre_labels[fairlet_of].astype(np.int64)
