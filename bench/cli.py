@@ -11,6 +11,7 @@ from . import registry
 from .api import ParameterError
 from .paths import PROJECT_ROOT
 from .registry import PluginError, UnknownName
+from .plan import cell_states, plan_table
 from .report import build_report
 from .runner import RunOptions, Spec, build_grid, run_grid
 from .seeding import DeviceError, resolve_device
@@ -88,6 +89,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     p.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     p.add_argument("--report-only", action="store_true", help="rebuild the leaderboard from the records, train nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what the run would do (cells done, to resume from "
+                   "a checkpoint, failed, to run) with an estimate of the training time left; train and write nothing")
     p.add_argument("--checkpoint-every", type=_seconds, default=300.0, metavar="SECONDS",
                    help="long trainings save their state at most this often under OUT/checkpoints, and a cell "
                    "killed part-way resumes from it on the next run (default 300; 0: no checkpoints)")
@@ -242,7 +245,6 @@ def _main(argv) -> int:
         build_report(store, leaderboard, out / "figures", title=title, note=note, figures=not args.no_figures)
         print(f"leaderboard written to {leaderboard}")
         return 0
-    device = resolve_device(args.device)
     method_names = _select(args.methods, registry.methods, "method", registry.methods.names())
     dataset_names = _select(args.datasets, registry.datasets, "dataset",
                             [n for n, c in registry.datasets.items() if getattr(c, "listed_in_all", True)])
@@ -260,12 +262,16 @@ def _main(argv) -> int:
                           args.test_config)
     dataset_specs = _specs("dataset", dataset_names, _parse_assignments(args.dataset_param, "--dataset-param"))
     cells = build_grid(method_specs, dataset_specs, seeds)
-    if device.type == "cpu" and args.executor == "local" and not args.test_config:
-        _note_deep_training_on_cpu(cells, store)
     options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
                          save_embeddings=args.save_embeddings,
                          checkpoint_dir=str((out / "checkpoints").resolve()) if args.checkpoint_every > 0 else None,
                          checkpoint_every_s=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
+    if args.dry_run:  # no device needed: a GPU run can be planned from a machine without one
+        print(plan_table(cell_states(cells, store, options, force=args.force)))
+        return 0
+    device = resolve_device(args.device)
+    if device.type == "cpu" and args.executor == "local" and not args.test_config:
+        _note_deep_training_on_cpu(cells, store)
     try:
         summary = run_grid(cells, store, options, executor=args.executor, address=args.address, force=args.force,
                            progress=not args.quiet)
