@@ -217,6 +217,39 @@ def dataset_table(df: pd.DataFrame, bound: float | None) -> str:
     return table + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+OVERVIEW = ("acc", "nmi", "mnce")
+
+
+def overview_table(df: pd.DataFrame) -> str | None:
+    """Every method against every dataset at one glance: ACC / NMI / MNCE (means over seeds) of
+    each method's default configuration on each dataset's default configuration, the seeds
+    that finished where not all did. Rows: the methods with any record; columns: the datasets
+    with a default configuration. "–": no run at the defaults (other configurations, such as a
+    reduced schedule, are in the dataset's own section). None when nothing ran at the defaults
+    (the quick suite's test configurations)."""
+    plain = df[~df.method.str.contains(r"\[", regex=True) & ~df.dataset.str.contains(r"\[", regex=True)]
+    if plain.empty:
+        return None
+    datasets = sorted(plain.dataset.unique())
+    rows = []
+    for method in sorted(df.method_name.unique()):
+        cells = []
+        for dataset in datasets:
+            d = plain[(plain.dataset == dataset) & (plain.method_name == method)]
+            n_seeds = df[df.dataset == dataset].seed.nunique()
+            if d.empty:
+                cells.append("–")
+                continue
+            r = _summary(d, list(OVERVIEW)).iloc[0]
+            if r.n_ok == 0:
+                cells.append("n/a" if r.n_na and not r.n_failed else "failed")
+                continue
+            text = " / ".join(f"{r[k][0]:.1f}" if r[k][2] else "?" for k in OVERVIEW)
+            cells.append(text + (f" ({r.n_ok}/{n_seeds})" if r.n_ok < n_seeds else ""))
+        rows.append([method] + cells)
+    return tabulate(rows, headers=["method"] + datasets, tablefmt="github", disable_numparse=True)
+
+
 def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:
     """Ours beside the papers' numbers, for runs with the method's default parameters."""
     ds_cls = registry.datasets.get(dataset_name)
@@ -333,6 +366,12 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
             commit = r.get("git_commit", "?")
             provenance["commits"].add(commit[:12] + ("+dirty" if commit.endswith("+dirty") else ""))
             provenance["torch"].add(r.get("versions", {}).get("torch", "?"))
+    overview = overview_table(df) if df is not None else None
+    if overview:
+        lines += ["## Overview", "", "ACC / NMI / MNCE of each method's default configuration (mean over seeds; "
+                  "(k/n): only k of the dataset's n seeds finished). –: not run at its defaults; reduced schedules "
+                  "and other configurations, the intersectional metrics and the papers' numbers are in each "
+                  "dataset's section.", "", overview, ""]
     if df is not None:
         for dkey in sorted(df.dataset_key.unique()):
             d = df[df.dataset_key == dkey]

@@ -459,3 +459,36 @@ def test_records_made_before_a_parameter_existed_keep_their_own_row(tmp_path, mo
     assert "| outside-method [before scale] | 1/1 " in table and "| outside-method                | 1/1 " in table
     comparison = text[text.index("Compared with the papers"):]
     assert "| outside-method " in comparison and "before scale" not in comparison
+
+
+def test_overview_sets_each_default_configuration_against_each_dataset(tmp_path, monkeypatch):
+    """The overview at the top of the leaderboard: ACC / NMI / MNCE means of default
+    configurations only, "(k/n)" where seeds are missing, n/a where a method cannot run, "–"
+    where only another configuration ran; absent when nothing ran at the defaults."""
+    store = RecordStore(tmp_path)
+    two = Spec.make("dataset", "synthetic", {})
+    three = Spec.make("dataset", "outside-paper-blobs")
+    run_grid(build_grid([Spec.make("method", "kmeans", {"n_init": 1})], [two], [0, 1]), store, OPTS,
+             progress=False)  # not the default: "–" for kmeans on synthetic
+    quick = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "## Overview" not in quick
+    run_grid(build_grid([Spec.make("method", "kmeans")], [three], [0, 1]), store, OPTS, progress=False)
+    run_grid(build_grid([Spec.make("method", "outside-method")], [two], [0]), store, OPTS, progress=False)
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    table = text[text.index("## Overview"):].split("\n\n")[2].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = {c[0]: dict(zip(header[1:], c[1:])) for c in
+            ([x.strip() for x in line.strip("|").split("|")] for line in table[2:])}
+    assert header == ["method", "outside-paper-blobs", "synthetic"] and set(rows) == {"kmeans", "outside-method"}
+    runs = [r for r in store.records() if r["method"]["params"].get("n_init") == 10]
+    expected = " / ".join(f"{100 * np.mean([r['metrics'][k] for r in runs]):.1f}" for k in ("acc", "nmi", "mnce"))
+    assert rows["kmeans"] == {"outside-paper-blobs": expected, "synthetic": "–"}
+    assert rows["outside-method"]["outside-paper-blobs"] == "–"
+    assert rows["outside-method"]["synthetic"].endswith(" (1/2)")
+    ds_cls = registry.datasets.get("synthetic")  # three groups by default: outside-method is not applicable
+    monkeypatch.setattr(ds_cls, "parameters", {**ds_cls.parameters, "n_groups": 3})
+    na = RecordStore(tmp_path / "na")
+    run_grid(build_grid([Spec.make("method", "outside-method")], [Spec.make("dataset", "synthetic", {})], [0]),
+             na, OPTS, progress=False)
+    text = build_report(na, tmp_path / "lb2.md", tmp_path / "fig", figures=False)
+    assert "| outside-method | n/a " in text[text.index("## Overview"):]
