@@ -68,8 +68,9 @@ def test_plan_names_each_cells_state_and_the_run_then_does_exactly_that(tmp_path
 
 
 def test_plan_marks_seeds_whose_folder_holds_an_older_default(tmp_path, monkeypatch):
-    """After a default changed, the new default's cells are to run, and the plan says the run
-    will first move the older configuration's records aside."""
+    """After a default changed, the new default's cells are to run, the plan says the run will
+    first move the older configuration's records aside, and their train times stand in for the
+    estimate (there is no finished seed of the new default yet)."""
     options = RunOptions(device="cpu", plugins=(str(PLUGIN),))
     store = RecordStore(tmp_path)
     dataset = Spec.make("dataset", "outside-paper-blobs")
@@ -79,9 +80,18 @@ def test_plan_marks_seeds_whose_folder_holds_an_older_default(tmp_path, monkeypa
     cells = build_grid([Spec.make("method", "outside-method")], [dataset], [0, 1])
     states = cell_states(cells, store, options)
     assert [(s.state, s.moves_older) for s in states] == [(TO_RUN, True), (TO_RUN, False)]
+    (older,) = store.records()
+    assert states[0].older_seconds == older["train_seconds"] and states[1].older_seconds is None
     text = plan_table(states)
     assert "| 0* 1 " in text and "moves 1 finished records (seeds marked *)" in text
-    assert "Training left: no estimate" in text
+    row = next(line for line in text.splitlines() if line.startswith("| outside-paper-blobs"))
+    assert [c.strip() for c in row.strip("|").split("|")][-3:-1] == [f"{older['train_seconds']:,.1f} (older default)",
+                                                                     "CPU"]
+    assert f"Training left: {2 * older['train_seconds']:,.0f} s as run on CPU" in text
+    monkeypatch.setattr(cls, "parameters", {**cls.parameters, "offset": 3})  # nothing to go by
+    assert "Training left: no estimate" in plan_table(cell_states(
+        build_grid([Spec.make("method", "outside-method")], [Spec.make("dataset", "synthetic", {})], [0]), store,
+        options))
 
 
 def test_dry_run_from_the_command_line_needs_no_device_and_writes_nothing(tmp_path):
