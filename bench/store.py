@@ -165,9 +165,19 @@ class RecordStore:
         return moved
 
     def put_truth(self, dataset_key: str, y, groups) -> None:
+        """Store the labels and groups the dataset's records are scored against. An existing
+        file that differs is replaced: it belongs to an older default of the dataset, whose
+        records :meth:`make_room` has moved, with a copy of it, to their own folder."""
         path = self.runs / dataset_key / "truth.npz"
-        if not path.exists():
-            atomic_write_bytes(path, _npz_bytes(y=np.asarray(y, np.int64), groups=np.asarray(groups, np.int64)))
+        y, groups = np.asarray(y, np.int64), np.asarray(groups, np.int64)
+        if path.exists():
+            try:
+                with np.load(path) as f:
+                    if np.array_equal(f["y"], y) and np.array_equal(f["groups"], groups):
+                        return
+            except (OSError, ValueError, KeyError):  # unreadable: write it again
+                pass
+        atomic_write_bytes(path, _npz_bytes(y=y, groups=groups))
 
     def records(self) -> list[dict]:
         """Every stored record, sorted by path (deterministic)."""

@@ -492,3 +492,19 @@ def test_overview_sets_each_default_configuration_against_each_dataset(tmp_path,
              na, OPTS, progress=False)
     text = build_report(na, tmp_path / "lb2.md", tmp_path / "fig", figures=False)
     assert "| outside-method | n/a " in text[text.index("## Overview"):]
+
+
+def test_truth_follows_a_changed_dataset_default(tmp_path, monkeypatch):
+    """When a dataset's default changes what it loads, the new default's records are scored
+    against the new truth and stay recomputable; the old records keep theirs."""
+    store = RecordStore(tmp_path)
+    cls = registry.datasets.get("synthetic")
+    kmeans = Spec.make("method", "kmeans", {"n_init": 1, "n_iter": 10})
+    run_grid(build_grid([kmeans], [Spec.make("dataset", "synthetic")], [0]), store, OPTS, progress=False)
+    monkeypatch.setattr(cls, "parameters", {**cls.parameters, "n_samples": cls.parameters["n_samples"] // 2})
+    summary = run_grid(build_grid([kmeans], [Spec.make("dataset", "synthetic")], [0]), store, OPTS, progress=False)
+    assert len(summary.ran) == 1 and len(summary.relocated) == 1
+    records = store.records()
+    assert sorted(r["n_samples"] for r in records) == [cls.parameters["n_samples"], 2 * cls.parameters["n_samples"]]
+    for r in records:
+        assert r["metrics"] == pytest.approx(store.recompute_metrics(r))
