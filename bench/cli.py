@@ -14,7 +14,7 @@ from .registry import PluginError, UnknownName
 from .plan import cell_states, plan_table
 from .report import build_report
 from .runner import RunOptions, Spec, build_grid, run_grid
-from .seeding import DeviceError, resolve_device
+from .seeding import DeviceError, check_device_form, resolve_device
 from .store import RecordStore
 
 QUICK_DATASET = "digits-reversed"
@@ -267,6 +267,7 @@ def _main(argv) -> int:
                          checkpoint_dir=str((out / "checkpoints").resolve()) if args.checkpoint_every > 0 else None,
                          checkpoint_every_s=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
     if args.dry_run:  # no device needed: a GPU run can be planned from a machine without one
+        check_device_form(args.device)
         print(plan_table(cell_states(cells, store, options, force=args.force)))
         return 0
     device = resolve_device(args.device)

@@ -382,8 +382,10 @@ def _ray_remote_run(cell, options):
 
 def ray_runtime_env(address: str | None) -> dict:
     """Workers must import our ``bench``, ``methods`` and ``datasets`` (not Hugging Face's):
-    the project root goes first on their PYTHONPATH; for a remote cluster the tree is shipped."""
-    if address and address not in ("local", "auto"):
+    the project root goes first on their PYTHONPATH. A cluster we join (``auto`` or an address)
+    may span other machines, so the tree (about 1 MB without results) is shipped to it; only
+    the local cluster this process starts uses the tree in place."""
+    if address and address != "local":
         return {"working_dir": str(PROJECT_ROOT), "excludes": ["results/", ".git/", "*.npz", "__pycache__/"],
                 "env_vars": {"PYTHONPATH": "."}}
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),

@@ -18,6 +18,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_device_form(spec: str) -> None:
+    """Raise :class:`DeviceError` unless ``spec`` names a device in an accepted form (auto, cpu,
+    cuda, cuda:N), without asking whether it is there: a run for a GPU can be planned
+    (``--dry-run``) on a machine without one."""
+    spec = (spec or "auto").strip().lower()
+    index = spec.partition(":")[2]
+    if spec in ("auto", "cpu", "cuda") or (spec.startswith("cuda:") and index.isdigit()):
+        return
+    raise DeviceError(f"unknown device {spec!r}; accepted: auto, cpu, cuda, cuda:N")
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """"auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; a device that is
     not there raises :class:`DeviceError` with a one-line message."""

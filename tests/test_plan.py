@@ -105,5 +105,7 @@ def test_dry_run_from_the_command_line_needs_no_device_and_writes_nothing(tmp_pa
     assert [c.strip() for c in row.strip("|").split("|")][2:7] == ["0", "–", "–", "–", "1"]
     assert "2 cells: 1 done" in res.stdout and "Nothing was trained or written" in res.stdout
     assert _snapshot(tmp_path) == before
-    bad = cli(*args, "--methods", "no-such-method", "--dry-run")
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    for wrong in (["--methods", "no-such-method"], ["--device", "tpu"], ["--device", "cuda:x"]):
+        bad = cli(*args, *wrong, "--dry-run")
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, wrong
+        assert "accepted" in bad.stderr
