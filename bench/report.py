@@ -38,8 +38,11 @@ def current_label(kind: str, stored: dict) -> str:
         return stored["label"]
 
 
-def records_frame(records: list[dict]) -> pd.DataFrame:
+def records_frame(records: list[dict], clusters_used: dict | None = None) -> pd.DataFrame:
+    """One row per record. ``clusters_used``: the number of distinct labels of each finished
+    run, keyed by :func:`_run_key` (read from the stored labels by :func:`build_report`)."""
     rows = []
+    clusters_used = clusters_used or {}
     for r in records:
         row = {"dataset_key": r["dataset"]["key"], "dataset": current_label("dataset", r["dataset"]),
                "dataset_name": r["dataset"]["name"],
@@ -48,7 +51,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
                "device": short_device(r.get("device", ""), r.get("jobs", 1)),
-               "soft_entropy_ratio": soft_entropy_ratio(r), **fairness_cost(r)}
+               "soft_entropy_ratio": soft_entropy_ratio(r), "n_clusters": r.get("n_clusters", np.nan),
+               "clusters_used": clusters_used.get(_run_key(r), np.nan), **fairness_cost(r)}
         for k, v in (r.get("metrics") or {}).items():
             row["m:" + k] = v
         for stage, metrics in (r.get("stages") or {}).items():
@@ -106,6 +110,36 @@ def collapse_notes(df: pd.DataFrame) -> list[str]:
     for method, runs in sorted(hit.groupby("method"), key=lambda kv: kv[0]):
         runs = runs.sort_values("seed")
         seeds = ", ".join(f"{int(s)} ({v:.2f})" for s, v in zip(runs.seed, runs.soft_entropy_ratio))
+        lines.append(f"- {method}: {'seeds' if len(runs) > 1 else 'seed'} {seeds}")
+    return lines
+
+
+def _run_key(record: dict) -> tuple:
+    return record["dataset"]["key"], record["method"]["key"], record["seed"]
+
+
+def count_clusters_used(store, records: list[dict]) -> dict:
+    """Distinct labels of each finished run with stored labels, keyed by :func:`_run_key`."""
+    used = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("labels_file"):
+            try:
+                used[_run_key(r)] = int(np.unique(store.labels(r)).size)
+            except (OSError, KeyError, ValueError):  # labels missing: nothing to say
+                continue
+    return used
+
+
+def empty_cluster_notes(df: pd.DataFrame) -> list[str]:
+    """One line per configuration with runs whose labels leave some of the K clusters empty
+    (e.g. a DEC run on a dead autoencoder that puts every sample in one cluster): such a
+    run's fairness and accuracy are those of a degenerate partition, not of K clusters."""
+    hit = df[(df.status == "ok") & (df.clusters_used < df.n_clusters)]
+    lines = []
+    for method, runs in sorted(hit.groupby("method"), key=lambda kv: kv[0]):
+        runs = runs.sort_values("seed")
+        seeds = ", ".join(f"{int(s)} ({int(u)} of {int(k)})" for s, u, k in
+                          zip(runs.seed, runs.clusters_used, runs.n_clusters))
         lines.append(f"- {method}: {'seeds' if len(runs) > 1 else 'seed'} {seeds}")
     return lines
 
@@ -358,7 +392,7 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
               "in bold.", ""]
     if not records:
         lines.append("No records yet.")
-    df = records_frame(records) if records else None
+    df = records_frame(records, count_clusters_used(store, records)) if records else None
     provenance = defaultdict(set)
     for r in records:
         if r["status"] == "ok":
@@ -398,6 +432,10 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
                           "brackets): every soft assignment is near-uniform, so the soft fairness term is met "
                           "without fair clusters; the hard labels can still follow the groups (`methods/ifc.py`):",
                           "", *collapsed, ""]
+            empty = empty_cluster_notes(d)
+            if empty:
+                lines += ["Runs that leave clusters empty (clusters used of K): their metrics are those of a "
+                          "partition with fewer clusters:", "", *empty, ""]
             sweeps = sweep_table(d, attrs)
             if sweeps:
                 lines += ["Fairness-weight sweeps (each configuration at every weight it ran with, in order of "

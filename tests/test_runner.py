@@ -508,3 +508,19 @@ def test_truth_follows_a_changed_dataset_default(tmp_path, monkeypatch):
     assert sorted(r["n_samples"] for r in records) == [cls.parameters["n_samples"], 2 * cls.parameters["n_samples"]]
     for r in records:
         assert r["metrics"] == pytest.approx(store.recompute_metrics(r))
+
+
+def test_report_lists_runs_that_leave_clusters_empty(tmp_path):
+    """A run whose stored labels use fewer than K clusters is listed with its seed and the
+    clusters it used; runs that use all K are not."""
+    store = RecordStore(tmp_path)
+    run_grid(_grid(seeds=(0, 1, 2)), store, OPTS, progress=False)
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    assert "leave clusters empty" not in text
+    record = next(r for r in store.records() if r["seed"] == 1)
+    path = tmp_path / "runs" / record["dataset"]["key"] / record["method"]["key"] / record["labels_file"]
+    labels = np.load(path)["labels"]
+    np.savez(path, labels=np.minimum(labels, 1))  # two clusters left of K
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    notes = text[text.index("leave clusters empty"):].split("\n\n")[1].splitlines()
+    assert notes == [f"- kmeans [n_init=1, n_iter=10]: seed 1 (2 of {record['n_clusters']})"]
