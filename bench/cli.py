@@ -11,7 +11,7 @@ from . import registry
 from .api import ParameterError
 from .paths import PROJECT_ROOT
 from .registry import PluginError, UnknownName
-from .plan import cell_states, plan_table
+from .plan import plan_grid, plan_table
 from .report import build_report
 from .runner import RunOptions, Spec, build_grid, run_grid
 from .seeding import DeviceError, check_device_form, resolve_device
@@ -239,6 +239,8 @@ def _main(argv) -> int:
     title = "FairClusterBench quick suite" if quick else "FairClusterBench leaderboard"
     note = ("Quick suite: tiny test configurations on the embedded dataset, a smoke test of the whole pipeline. "
             "These are not paper-scale numbers." if quick else "")
+    if args.report_only and args.dry_run:
+        raise UsageError("--report-only and --dry-run do not combine; accepted: one of them")
     if args.report_only:
         if not store.runs.is_dir():
             raise UsageError(f"no records under {out}/runs; run a grid first or pass --out with the folder of one")
@@ -262,13 +264,14 @@ def _main(argv) -> int:
                           args.test_config)
     dataset_specs = _specs("dataset", dataset_names, _parse_assignments(args.dataset_param, "--dataset-param"))
     cells = build_grid(method_specs, dataset_specs, seeds)
-    options = RunOptions(device=args.device, data_dir=args.data_dir, plugins=plugins, jobs=args.jobs or 1,
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None  # workers run elsewhere
+    options = RunOptions(device=args.device, data_dir=data_dir, plugins=plugins, jobs=args.jobs or 1,
                          save_embeddings=args.save_embeddings,
                          checkpoint_dir=str((out / "checkpoints").resolve()) if args.checkpoint_every > 0 else None,
                          checkpoint_every_s=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
     if args.dry_run:  # no device needed: a GPU run can be planned from a machine without one
         check_device_form(args.device)
-        print(plan_table(cell_states(cells, store, options, force=args.force)))
+        print(plan_table(plan_grid(cells, store, options, force=args.force)))
         return 0
     device = resolve_device(args.device)
     if device.type == "cpu" and args.executor == "local" and not args.test_config:

@@ -6,6 +6,7 @@ sorted, and no time stamp is written.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def records_frame(records: list[dict], clusters_used: dict | None = None) -> pd.
                "dataset_name": r["dataset"]["name"],
                "method_key": own_key(r["method"]["name"], r["method"]["params"], r["method"].get("version", "1")),
                "method": current_label("method", r["method"]), "method_name": r["method"]["name"],
+               "method_folder": r["method"].get("key", ""),
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
                "device": short_device(r.get("device", ""), r.get("jobs", 1)),
@@ -74,8 +76,9 @@ def _declared_but_not_stored(stored: dict) -> list[str]:
 
 def _tell_apart(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     """Two configurations of one dataset can carry the same label when one was made before a
-    parameter existed (its label cannot name a value it never had). Such rows become
-    ``name [before <parameter>]``, which also keeps them out of the comparison with the papers."""
+    parameter existed (its label cannot name a value it never had), or by an older version of
+    the code with the same parameters. Such rows become ``name [before <parameter>]`` or
+    ``name [version=<old>]``, which also keeps them out of the comparison with the papers."""
     if df.empty:
         return df
     missing = pd.Series([", ".join(_declared_but_not_stored(r["method"])) for r in records], index=df.index)
@@ -83,7 +86,22 @@ def _tell_apart(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     older = clash & (missing != "")
     df.loc[older, "method"] = [f"{m[:-1]}, before {x}]" if m.endswith("]") else f"{m} [before {x}]"
                                for m, x in zip(df.method[older], missing[older])]
+    # the same parameters made by another version of the code (a version bump alone)
+    stale = pd.Series([_older_version(r["method"]) for r in records], index=df.index)
+    other = (df.groupby(["dataset_key", "method"]).method_key.transform("nunique") > 1) & (stale != "")
+    df.loc[other, "method"] = [f"{m[:-1]}, version={v}]" if m.endswith("]") else f"{m} [version={v}]"
+                               for m, v in zip(df.method[other], stale[other])]
     return df
+
+
+def _older_version(stored: dict) -> str:
+    """The stored method version when it is not today's, else ""."""
+    try:
+        current = registry.methods.get(stored["name"]).version
+    except UnknownName:
+        return ""
+    version = str(stored.get("version", "1"))
+    return version if version != current else ""
 
 
 #: Final H(C|X) at or above this share of log K marks a run's soft assignments as collapsed.
@@ -125,7 +143,7 @@ def count_clusters_used(store, records: list[dict]) -> dict:
         if r.get("status") == "ok" and r.get("labels_file"):
             try:
                 used[_run_key(r)] = int(np.unique(store.labels(r)).size)
-            except (OSError, KeyError, ValueError):  # labels missing: nothing to say
+            except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # missing or damaged
                 continue
     return used
 
@@ -256,21 +274,23 @@ OVERVIEW = ("acc", "nmi", "mnce")
 
 def overview_table(df: pd.DataFrame) -> str | None:
     """Every method against every dataset at one glance: ACC / NMI / MNCE (means over seeds) of
-    each method's default configuration on each dataset's default configuration, the seeds
-    that finished where not all did. Rows: the methods with any record; columns: the datasets
+    each method's default configuration on each dataset's default configuration (the records
+    in the plain-named folders whose label has no brackets), the seeds that finished where not
+    all did. Rows: the methods with any record; columns: the datasets
     with a default configuration. "–": no run at the defaults (other configurations, such as a
     reduced schedule, are in the dataset's own section). None when nothing ran at the defaults
     (the quick suite's test configurations)."""
-    plain = df[~df.method.str.contains(r"\[", regex=True) & ~df.dataset.str.contains(r"\[", regex=True)]
+    plain = df[(df.method_folder == df.method_name) & (df.dataset_key == df.dataset_name)
+               & ~df.method.str.contains(r"\[", regex=True) & ~df.dataset.str.contains(r"\[", regex=True)]
     if plain.empty:
         return None
-    datasets = sorted(plain.dataset.unique())
+    datasets = sorted(plain.dataset_name.unique())
     rows = []
     for method in sorted(df.method_name.unique()):
         cells = []
         for dataset in datasets:
-            d = plain[(plain.dataset == dataset) & (plain.method_name == method)]
-            n_seeds = df[df.dataset == dataset].seed.nunique()
+            d = plain[(plain.dataset_name == dataset) & (plain.method_name == method)]
+            n_seeds = df[df.dataset_key == dataset].seed.nunique()
             if d.empty:
                 cells.append("–")
                 continue

@@ -28,7 +28,7 @@ from .metrics import evaluate
 from .paths import PROJECT_ROOT, default_data_dir
 from .provenance import device_name, git_commit, library_versions
 from .seeding import resolve_device, seed_everything
-from .store import RecordStore, own_key
+from .store import RecordStore, TruthChanged, own_key
 
 
 def _short_hash(obj) -> str:
@@ -266,16 +266,22 @@ def _check_labels(labels, n, k) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def save(store: RecordStore, cell: Cell, record: dict, arrays: dict, options: RunOptions) -> None:
-    """Write the cell's record; then a finished cell's checkpoint is no longer needed (a cell
-    whose worker died keeps it, so the next run resumes it)."""
+def save(store: RecordStore, cell: Cell, record: dict, arrays: dict, options: RunOptions) -> dict:
+    """Write the cell's record and return it as written (failed if the store's truth for the
+    dataset disagrees); then a finished cell's checkpoint is no longer needed (a cell whose
+    worker died keeps it, so the next run resumes it)."""
     if "truth" in arrays:
-        store.put_truth(cell.dataset.key, *arrays["truth"])
+        try:
+            store.put_truth(cell.dataset, *arrays["truth"])
+        except TruthChanged as exc:  # the run cannot be scored against what the store keeps
+            record, arrays = {**record, "status": "failed", "error": f"TruthChanged: {exc}"}, {}
+            record.pop("metrics", None), record.pop("stages", None)
     store.put(cell, record, labels=arrays.get("labels"), embedding=arrays.get("embedding"),
               stages=arrays.get("stages"))
     path = checkpoint_path(options, cell)
     if path is not None and record.get("status") in ("ok", "not_applicable"):
         checkpoint.discard(path)
+    return record
 
 
 @dataclass
@@ -327,7 +333,7 @@ def _run_local(todo, store, options, summary, progress):
         for cell in todo:
             bar.set_postfix_str(f"{cell.method.name}/{cell.dataset.name}/s{cell.seed}", refresh=False)
             record, arrays = run_cell(cell, options)
-            save(store, cell, record, arrays, options)
+            record = save(store, cell, record, arrays, options)
             summary.add(cell, record)
             bar.update(1)
 
@@ -340,7 +346,7 @@ def _finish(store, summary, bar, cell, result, where: str, options: RunOptions) 
         record, arrays = {"cell_id": cell.cell_id, "dataset": cell.dataset.to_json(), "method": cell.method.to_json(),
                           "seed": cell.seed, "status": "failed",
                           "error": f"{where} failed: {type(exc).__name__}: {exc}"}, {}
-    save(store, cell, record, arrays, options)
+    record = save(store, cell, record, arrays, options)
     summary.add(cell, record)
     bar.update(1)
 
@@ -385,9 +391,9 @@ def ray_runtime_env(address: str | None) -> dict:
     the project root goes first on their PYTHONPATH. A cluster we join (``auto`` or an address)
     may span other machines, so the tree (about 1 MB without results) is shipped to it; only
     the local cluster this process starts uses the tree in place."""
-    if address and address != "local":
+    if address and address != "local":  # the shipped copy has no .git: its commit travels along
         return {"working_dir": str(PROJECT_ROOT), "excludes": ["results/", ".git/", "*.npz", "__pycache__/"],
-                "env_vars": {"PYTHONPATH": "."}}
+                "env_vars": {"PYTHONPATH": ".", "FAIRCLUSTERBENCH_GIT_COMMIT": git_commit()}}
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}}
 

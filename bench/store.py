@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,21 @@ def own_key(name: str, params: dict, version: str) -> str:
 FINISHED = ("ok", "not_applicable")
 
 
+class TruthChanged(ValueError):
+    """A dataset's labels or groups changed under unchanged parameters and version."""
+
+
+def _same_configuration(path: Path, dataset) -> bool:
+    """Whether the record at ``path`` is finished and of ``dataset``'s configuration."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    spec = rec.get("dataset", {})
+    return rec.get("status") in FINISHED and (spec.get("params"), spec.get("version", "1")) == (
+        dataset.param_dict, dataset.version)
+
+
 def _write_record(path: Path, record: dict) -> None:
     atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
@@ -111,72 +127,95 @@ class RecordStore:
         remove_partial_writes(path)
         return path
 
+    def records_to_move(self, cells) -> list[tuple[Path, dict, Path]]:
+        """The finished records of other configurations in the folders the given cells write
+        to, as (path, record, target) in the order :meth:`make_room` moves them; reads only.
+        Records of an older dataset configuration (anywhere in the dataset's folder) go to the
+        dataset's own folder, then records of an older method configuration to the method's
+        own folder."""
+        moves, seen = [], set()
+        for dataset in {c.dataset.key: c.dataset for c in cells}.values():
+            for path, rec in self._other_configurations(self.runs / dataset.key, "*/seed*.json", "dataset", dataset):
+                key = own_key(rec["dataset"]["name"], rec["dataset"]["params"], rec["dataset"].get("version", "1"))
+                moves.append((path, rec, self.runs / key / path.parent.name / path.name))
+                seen.add(path)
+        for cell in {(c.dataset.key, c.method.key): c for c in cells}.values():
+            folder = self.record_path(cell).parent
+            for path, rec in self._other_configurations(folder, "seed*.json", "method", cell.method):
+                if path not in seen:  # a record of an older dataset configuration moves with its dataset
+                    key = own_key(rec["method"]["name"], rec["method"]["params"], rec["method"].get("version", "1"))
+                    moves.append((path, rec, folder.parent / key / path.name))
+        return moves
+
     def make_room(self, cells) -> list[str]:
         """Move aside the finished records of other configurations from the folders the given
-        cells write to: a record made before a default changed sits in the plain folder that
-        today's default configuration also maps to (``runs/mnist-usps/fcmi/`` then holds
-        another configuration), where a new run would overwrite it seed by seed.
-        Records of an older dataset configuration go to their dataset's own folder (with a
-        copy of its ``truth.npz``), then records of an older method configuration to the
-        method's own folder; the ``key`` each record stores is rewritten to match, and
-        ``relocated_from`` names where it was. Nothing is deleted; failed records of another
-        configuration are left to be overwritten, as a retry would. Returns "old -> new" per
-        moved record."""
+        cells write to (:meth:`records_to_move`): a record made before a default changed sits
+        in the plain folder that today's default configuration also maps to
+        (``runs/mnist-usps/fcmi/`` then holds another configuration), where a new run would
+        overwrite it seed by seed. A record moved with its dataset takes a copy of the
+        dataset's ``truth.npz``; its labels move with it; the ``key`` it stores is rewritten to
+        match, and ``relocated_from`` names where it was. Nothing is deleted; failed records of
+        another configuration are left to be overwritten, as a retry would. Returns
+        "old -> new" per moved record."""
         moved = []
-        for dataset in {c.dataset.key: c.dataset for c in cells}.values():
-            moved += self._move_records(self.runs / dataset.key, "*/seed*.json", "dataset", dataset)
-        for cell in {(c.dataset.key, c.method.key): c for c in cells}.values():
-            moved += self._move_records(self.record_path(cell).parent, "seed*.json", "method", cell.method)
-        return moved
-
-    def _move_records(self, folder: Path, pattern: str, kind: str, current) -> list[str]:
-        """Move the finished records under ``folder`` whose ``kind`` ("dataset" or "method")
-        configuration is not ``current`` (a :class:`bench.runner.Spec`)."""
-        moved = []
-        for path in sorted(folder.glob(pattern)):
-            try:
-                rec = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-            spec = rec[kind]
-            if rec.get("status") not in FINISHED or (spec["params"], spec.get("version", "1")) == (
-                    current.param_dict, current.version):
-                continue
-            new_key = own_key(spec["name"], spec["params"], spec.get("version", "1"))
+        for path, rec, target in self.records_to_move(cells):
+            kind = "dataset" if target.parents[1] != path.parents[1] else "method"
             if kind == "dataset":
-                target = self.runs / new_key / path.parent.name / path.name
-                truth = folder / "truth.npz"
+                truth = path.parents[1] / "truth.npz"
                 if truth.exists() and not (target.parents[1] / "truth.npz").exists():
                     target.parents[1].mkdir(parents=True, exist_ok=True)
                     shutil.copy2(truth, target.parents[1] / "truth.npz")
-            else:
-                target = folder.parent / new_key / path.name
             if target.exists():
                 raise FileExistsError(f"cannot move {path} of an older configuration: {target} exists")
             labels = path.parent / rec["labels_file"] if rec.get("labels_file") else None
             if labels is not None and labels.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(labels, target.parent / labels.name)
-            rec[kind] = {**spec, "key": new_key}
-            rec["relocated_from"] = rec.get("relocated_from", []) + [str(path.relative_to(self.runs))]
+            new_key = target.parents[1].name if kind == "dataset" else target.parent.name
+            rec = {**rec, kind: {**rec[kind], "key": new_key},
+                   "relocated_from": rec.get("relocated_from", []) + [str(path.relative_to(self.runs))]}
             _write_record(target, rec)
             path.unlink()
             moved.append(f"{path.relative_to(self.runs)} -> {target.relative_to(self.runs)}")
         return moved
 
-    def put_truth(self, dataset_key: str, y, groups) -> None:
-        """Store the labels and groups the dataset's records are scored against. An existing
-        file that differs is replaced: it belongs to an older default of the dataset, whose
-        records :meth:`make_room` has moved, with a copy of it, to their own folder."""
-        path = self.runs / dataset_key / "truth.npz"
+    def _other_configurations(self, folder: Path, pattern: str, kind: str, current):
+        """The finished records under ``folder`` whose ``kind`` ("dataset" or "method")
+        configuration is not ``current`` (a :class:`bench.runner.Spec`), as (path, record)."""
+        for path in sorted(folder.glob(pattern)):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            spec = rec[kind]
+            if rec.get("status") in FINISHED and (spec["params"], spec.get("version", "1")) != (
+                    current.param_dict, current.version):
+                yield path, rec
+
+    def put_truth(self, dataset, y, groups) -> None:
+        """Store the labels and groups that the records of ``dataset`` (a
+        :class:`bench.runner.Spec`) are scored against. A file that differs belongs to an older
+        configuration of the dataset, whose records :meth:`make_room` has moved with a copy of
+        it, and is replaced. If finished records of this very configuration remain beside it,
+        the loader changed without a new ``version``: :class:`TruthChanged` is raised rather
+        than leave those records unrecomputable."""
+        path = self.runs / dataset.key / "truth.npz"
         y, groups = np.asarray(y, np.int64), np.asarray(groups, np.int64)
         if path.exists():
             try:
                 with np.load(path) as f:
                     if np.array_equal(f["y"], y) and np.array_equal(f["groups"], groups):
                         return
-            except (OSError, ValueError, KeyError):  # unreadable: write it again
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # unreadable: write it again
                 pass
+            else:
+                same = [p for p in sorted((self.runs / dataset.key).glob("*/seed*.json"))
+                        if _same_configuration(p, dataset)]
+                if same:
+                    raise TruthChanged(
+                        f"dataset {dataset.key!r} now loads other labels or groups than its {len(same)} finished "
+                        f"records were scored against (e.g. {same[0].relative_to(self.runs)}), with the same "
+                        "parameters and version: bump the dataset's version so that they are kept apart")
         atomic_write_bytes(path, _npz_bytes(y=y, groups=groups))
 
     def records(self) -> list[dict]:

@@ -33,6 +33,18 @@ What is **reconstructed** (FCMI does not describe its DEC run; fcmi.md §6.2 has
   by DEC reimplementations.
 * The sensitive groups are never used.
 
+A known failure of this reconstruction (measured, CPU, MNIST-USPS): with the raw code, Adam's
+first epoch can blow the latent code up to a nearly constant vector. At seed 1 the code ends
+pretraining with mean norm 569 and a spread over samples (mean per-dimension std) of 1.6,
+against 26 and 7.3 for the healthy seed 2. The decoder's Tanh output then saturates, the
+reconstruction loss stays at 0.481 from the second epoch to the twentieth (seed 2: 0.052 at
+epoch 17), and DEC ends with every sample in one cluster (ACC 11.5, NMI 0). FCMI feeds its
+decoder the L2-normalised code, whose scale cannot grow like this; none of our FCMI runs has
+failed this way. The run is
+reported as it ended (no seed is dropped), and the leaderboard lists it under "Runs that leave
+clusters empty". AE shares the network and the pretraining, so the same can happen to it on
+the image sets.
+
 Data go to the device once; batches are drawn by index; the only host synchronisations are
 the label-change check at each target update and one per epoch for the history.
 """

@@ -524,3 +524,59 @@ def test_report_lists_runs_that_leave_clusters_empty(tmp_path):
     text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
     notes = text[text.index("leave clusters empty"):].split("\n\n")[1].splitlines()
     assert notes == [f"- kmeans [n_init=1, n_iter=10]: seed 1 (2 of {record['n_clusters']})"]
+
+
+def test_a_loader_that_changes_without_a_new_version_fails_the_cell_not_the_store(tmp_path, monkeypatch):
+    """Other labels under the same parameters and version: the new cell fails with a message
+    asking for a version bump, and the finished records keep the truth they were scored
+    against."""
+    import dataclasses
+
+    from bench import runner
+
+    store = RecordStore(tmp_path)
+    kmeans = Spec.make("method", "kmeans", {"n_init": 1, "n_iter": 10})
+    run_grid(_grid(seeds=(0,)), store, OPTS, progress=False)
+    cls = registry.datasets.get("synthetic")
+    load = cls.load
+    monkeypatch.setattr(cls, "load", lambda self, d: dataclasses.replace(load(self, d), y=load(self, d).y[::-1].copy()))
+    monkeypatch.setattr(runner._CACHE, "spec", None)  # the worker's cached copy is of the old loader
+    summary = run_grid(build_grid([kmeans], [_grid()[0].dataset], [1]), store, OPTS, progress=False)
+    assert not summary.ran and len(summary.failed) == 1
+    assert "TruthChanged" in summary.failed[0][1]["error"] and "bump the dataset's version" in summary.failed[0][1]["error"]
+    (old,) = [r for r in store.records() if r["status"] == "ok"]
+    assert old["metrics"] == pytest.approx(store.recompute_metrics(old))
+
+
+def test_a_version_bump_keeps_the_older_records_apart_in_the_report(tmp_path, monkeypatch):
+    """Same parameters, new code version: the old records move to their own folder, their rows
+    read ``[version=1]``, and the overview counts only the new version's."""
+    store = RecordStore(tmp_path)
+    dataset = Spec.make("dataset", "outside-paper-blobs")
+    run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0, 1]), store, OPTS, progress=False)
+    monkeypatch.setattr(registry.methods.get("outside-method"), "version", "2")
+    summary = run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0]), store, OPTS,
+                       progress=False)
+    assert len(summary.relocated) == 2
+    text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    table = text[text.index("## outside-paper-blobs"):]
+    assert "| outside-method [version=1] | 2/2 " in table and "| outside-method             | 1/2 " in table
+    overview = text[text.index("## Overview"):text.index("## outside-paper-blobs")]
+    assert "(1/2)" in overview
+
+
+def test_ray_workers_get_our_packages_and_the_commit_wherever_they_run():
+    """The local cluster this process starts uses the tree in place; a cluster it joins (auto
+    or an address, possibly other machines) gets the tree shipped, with the commit, which the
+    shipped copy (no .git) could not tell."""
+    from bench.provenance import git_commit
+    from bench.runner import ray_runtime_env
+    from bench.paths import PROJECT_ROOT
+
+    for local in (None, "local"):
+        env = ray_runtime_env(local)
+        assert "working_dir" not in env and env["env_vars"]["PYTHONPATH"].split(":")[0] == str(PROJECT_ROOT)
+    for joined in ("auto", "ray://head:10001"):
+        env = ray_runtime_env(joined)
+        assert env["working_dir"] == str(PROJECT_ROOT) and ".git/" in env["excludes"]
+        assert env["env_vars"] == {"PYTHONPATH": ".", "FAIRCLUSTERBENCH_GIT_COMMIT": git_commit()}
