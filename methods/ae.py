@@ -81,6 +81,15 @@ def pretrain_autoencoder(model, p: dict, data, seed: int, device, epochs: int):
     )
 
 
+def code_scale(embedding) -> dict:
+    """How large and how spread the latent code is after training: mean L2 norm, and mean
+    over dimensions of the std over samples. A spread tiny against the norm is a dead
+    autoencoder: nearly one code for every sample (see :mod:`methods.dec`). Logged in the
+    last history row of AE and of DEC's pretraining, so the record shows it."""
+    h = np.asarray(embedding, dtype=np.float64)
+    return {"code_norm": float(np.linalg.norm(h, axis=1).mean()), "code_spread": float(h.std(axis=0).mean())}
+
+
 @register_method
 class AE(Method):
     """Autoencoder (FCMI's network, one decoder) + k-means on its embedding; see the module
@@ -114,6 +123,7 @@ class AE(Method):
             max_points_per_centroid=p["kmeans_max_points_per_centroid"],
         )
         history = [{k: v for k, v in row.items() if k in ("epoch", "loss", "rec", "time_s")} for row in result.history]
+        history[-1].update(code_scale(result.embedding))
         return MethodOutput(
             labels=labels.cpu().numpy().astype(np.int64), embedding=result.embedding.astype(np.float32), history=history
         )

@@ -43,7 +43,8 @@ decoder the L2-normalised code, whose scale cannot grow like this; none of our F
 failed this way. The run is
 reported as it ended (no seed is dropped), and the leaderboard lists it under "Runs that leave
 clusters empty". AE shares the network and the pretraining, so the same can happen to it on
-the image sets.
+the image sets. Both now log ``code_norm`` and ``code_spread`` (:func:`methods.ae.code_scale`)
+in the last pretraining row of the history, so a record shows whether its code collapsed.
 
 Data go to the device once; batches are drawn by index; the only host synchronisations are
 the label-change check at each target update and one per epoch for the history.
@@ -60,7 +61,7 @@ from bench import Method, MethodOutput, ParameterError, checkpoint, register_met
 from bench.kmeans import kmeans
 
 from ._fcmi_loop import embed_all
-from .ae import AE_PARAMETERS, build_single_decoder_ae, pretrain_autoencoder, validate_ae_parameters
+from .ae import AE_PARAMETERS, build_single_decoder_ae, code_scale, pretrain_autoencoder, validate_ae_parameters
 
 
 def student_t_assignment(z: torch.Tensor, centroids: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -227,6 +228,7 @@ class DEC(Method):
             )
             pre_history = [{"phase": 0.0, **{k: v for k, v in r.items() if k in ("epoch", "rec", "time_s")}}
                            for r in pre.history]
+            pre_history[-1].update(code_scale(pre.embedding))
         else:
             centroids, pre_history = saved["centroids"], saved["pre_history"]
 

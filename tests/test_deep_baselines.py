@@ -10,7 +10,7 @@ import torch
 
 from bench import ParameterError, registry
 from bench.metrics import accuracy
-from methods.ae import AE
+from methods.ae import AE, code_scale
 from methods.dec import DEC, kl_loss, student_t_assignment, target_distribution
 
 CPU = torch.device("cpu")
@@ -76,6 +76,18 @@ def test_ae_recovers_blobs_and_learns_to_reconstruct(blobs):
     rec = [row["rec"] for row in out.history]
     assert len(rec) == 20 and rec[-1] < 0.5 * rec[0]
     assert out.embedding.shape == (blobs.n_samples, 4)  # d = K
+    scale = {k: out.history[-1][k] for k in ("code_norm", "code_spread")}
+    assert scale == pytest.approx(code_scale(out.embedding))
+    assert scale["code_spread"] > 0.1 * scale["code_norm"]  # a live code: samples differ
+
+
+def test_code_scale_tells_a_dead_code_from_a_live_one():
+    rng = np.random.default_rng(0)
+    live = rng.normal(size=(500, 10))
+    dead = 569.0 / np.sqrt(10) + 0.01 * live  # seed 1 of DEC on MNIST-USPS: one code for all
+    assert code_scale(live)["code_norm"] == pytest.approx(np.sqrt(10), rel=0.1)
+    assert code_scale(live)["code_spread"] == pytest.approx(1.0, rel=0.1)
+    assert code_scale(dead)["code_spread"] < 1e-3 * code_scale(dead)["code_norm"]
 
 
 def test_dec_recovers_blobs_and_sharpens_assignments(blobs):
@@ -83,6 +95,7 @@ def test_dec_recovers_blobs_and_sharpens_assignments(blobs):
     assert accuracy(blobs.y, out.labels) >= 0.95
     phases = [row["phase"] for row in out.history]
     assert phases.count(0.0) == 10 and 1 <= phases.count(1.0) <= 10
+    assert {"code_norm", "code_spread"} <= set(out.history[9])  # the code's scale after pretraining
     kl = [row["kl"] for row in out.history if row["phase"] == 1.0]
     assert kl[-1] < kl[0]  # the assignments move towards their sharpened targets
 
