@@ -50,6 +50,7 @@ def records_frame(records: list[dict], clusters_used: dict | None = None) -> pd.
                "method_key": own_key(r["method"]["name"], r["method"]["params"], r["method"].get("version", "1")),
                "method": current_label("method", r["method"]), "method_name": r["method"]["name"],
                "method_folder": r["method"].get("key", ""),
+               "before": ", ".join(_declared_but_not_stored(r["method"])),
                "method_params": r["method"]["params"], "seed": r["seed"], "status": r["status"],
                "error": r.get("error", ""), "train_seconds": r.get("train_seconds", np.nan),
                "device": short_device(r.get("device", ""), r.get("jobs", 1)),
@@ -279,13 +280,15 @@ def overview_table(df: pd.DataFrame) -> str | None:
     all did. Rows: the methods with any record; columns: the datasets
     with a default configuration. "–": no run at the defaults (other configurations, such as a
     reduced schedule, are in the dataset's own section). None when nothing ran at the defaults
-    (the quick suite's test configurations)."""
+    (the quick suite's test configurations). A cell marked "†" holds records made before a
+    parameter of today's default existed (the README's one exception to row names); a note
+    under the table names the parameter."""
     plain = df[(df.method_folder == df.method_name) & (df.dataset_key == df.dataset_name)
                & ~df.method.str.contains(r"\[", regex=True) & ~df.dataset.str.contains(r"\[", regex=True)]
     if plain.empty:
         return None
     datasets = sorted(plain.dataset_name.unique())
-    rows = []
+    rows, older = [], []
     for method in sorted(df.method_name.unique()):
         cells = []
         for dataset in datasets:
@@ -299,9 +302,14 @@ def overview_table(df: pd.DataFrame) -> str | None:
                 cells.append("n/a" if r.n_na and not r.n_failed else "failed")
                 continue
             text = " / ".join(f"{r[k][0]:.1f}" if r[k][2] else "?" for k in OVERVIEW)
+            before = sorted({b for b in d[d.status == "ok"].before if b})
+            if before:
+                text += " †"
+                older.append(f"† {method} on {dataset}: made before {' / '.join(before)} existed")
             cells.append(text + (f" ({r.n_ok}/{n_seeds})" if r.n_ok < n_seeds else ""))
         rows.append([method] + cells)
-    return tabulate(rows, headers=["method"] + datasets, tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=["method"] + datasets, tablefmt="github", disable_numparse=True)
+    return table + ("\n\n" + "\n".join(older) if older else "")
 
 
 def paper_table(df: pd.DataFrame, dataset_name: str) -> str | None:

@@ -485,6 +485,13 @@ def test_overview_sets_each_default_configuration_against_each_dataset(tmp_path,
     assert rows["kmeans"] == {"outside-paper-blobs": expected, "synthetic": "–"}
     assert rows["outside-method"]["outside-paper-blobs"] == "–"
     assert rows["outside-method"]["synthetic"].endswith(" (1/2)")
+    method_cls = registry.methods.get("outside-method")  # a parameter declared after the runs
+    monkeypatch.setattr(method_cls, "parameters", {**method_cls.parameters, "scale": 1})
+    text = build_report(store, tmp_path / "lb3.md", tmp_path / "fig", figures=False)
+    overview = text[text.index("## Overview"):text.index("## outside-paper-blobs")]
+    assert rows["outside-method"]["synthetic"].replace(" (1/2)", " † (1/2)") in overview
+    assert "† outside-method on synthetic: made before scale existed" in overview
+    assert f"| {expected} " in overview  # kmeans, which did not change, is not marked
     ds_cls = registry.datasets.get("synthetic")  # three groups by default: outside-method is not applicable
     monkeypatch.setattr(ds_cls, "parameters", {**ds_cls.parameters, "n_groups": 3})
     na = RecordStore(tmp_path / "na")
