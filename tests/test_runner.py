@@ -450,7 +450,9 @@ def test_records_made_before_a_parameter_existed_keep_their_own_row(tmp_path, mo
     cls = registry.methods.get("outside-method")
     monkeypatch.setattr(cls, "parameters", {**cls.parameters, "scale": 1})
     text = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
-    assert "| outside-method " in text and "before scale" not in text  # alone, it keeps its label
+    table = text[text.index("## outside-paper-blobs"):text.index("Compared with the papers")]
+    assert "| outside-method " in table and "[before scale]" not in text  # alone, it keeps its label
+    assert "made before scale existed" in text  # ... and the overview marks its cell with a dagger
     summary = run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0]), store, OPTS,
                        progress=False)
     assert len(summary.relocated) == 1 and len(store.records()) == 2
