@@ -11,6 +11,10 @@ original repository has no licence; no code is copied):
   1024-1024-512 with BatchNorm, head 256-d, shared decoder_linear d-256-512, one decoder per
   group 512-1024-1024-D with BatchNorm and Tanh output (§1.2, ``BatchNormType=1001``).
 
+Both end the decoder in Tanh (FCMI's inputs lie in [-1, 1]); ``output="linear"`` drops it, as
+DEC's autoencoder has no activation on its reconstruction layer (used by AE and DEC, whose
+raw code can otherwise saturate the Tanh: :mod:`methods.dec`).
+
 Both end the encoder in an L2-normalised embedding of dimension ``embed_dim`` (FCMI: d = K,
 5 for MTFL; ``RepresentationType=Normalize``); ``normalize=False`` gives the raw latent code
 (for AE / DEC baselines). :func:`build_autoencoder` picks the network from the input shape:
@@ -123,7 +127,7 @@ class ConvAE(GroupAutoencoder):
 
     arch = "conv28"
 
-    def __init__(self, input_shape, embed_dim, n_decoders, normalize=True):
+    def __init__(self, input_shape, embed_dim, n_decoders, normalize=True, output: str = "tanh"):
         super().__init__(input_shape, embed_dim, n_decoders, normalize)
         c, h, w = self.input_shape
         if (h, w) != (CONV_SIDE, CONV_SIDE):
@@ -147,7 +151,7 @@ class ConvAE(GroupAutoencoder):
                 nn.ConvTranspose2d(16, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
                 nn.ConvTranspose2d(32, 32, 3, 1, 1), nn.ReLU(),
                 nn.ConvTranspose2d(32, 16, 3, 2, 1, output_padding=1), nn.ReLU(),
-                nn.ConvTranspose2d(16, c, 3, 1, 1), nn.Tanh(),
+                nn.ConvTranspose2d(16, c, 3, 1, 1), output_layer(output),
             )
             for _ in range(n_decoders)
         )
@@ -164,7 +168,7 @@ class MLPAE(GroupAutoencoder):
 
     arch = "mlp"
 
-    def __init__(self, input_shape, embed_dim, n_decoders, normalize=True, width: float = 1.0):
+    def __init__(self, input_shape, embed_dim, n_decoders, normalize=True, width: float = 1.0, output: str = "tanh"):
         super().__init__(input_shape, embed_dim, n_decoders, normalize)
         D = math.prod(self.input_shape)
         w1, w2, w3, w4 = (max(8, int(round(s * width))) for s in (1024, 1024, 512, 256))
@@ -178,11 +182,28 @@ class MLPAE(GroupAutoencoder):
         )
         self.decoder_shared = nn.Sequential(nn.Linear(embed_dim, w4), nn.ReLU(), nn.Linear(w4, w3), nn.ReLU())
         self.group_decoders = nn.ModuleList(
-            nn.Sequential(*block(w3, w1), *block(w1, w2), nn.Linear(w2, D), nn.Tanh()) for _ in range(n_decoders)
+            nn.Sequential(*block(w3, w1), *block(w1, w2), nn.Linear(w2, D), output_layer(output))
+            for _ in range(n_decoders)
         )
 
     def _prepare(self, x):
         return x.reshape(x.shape[0], -1)
+
+
+#: Accepted values of ``output``: the activation of the reconstruction layer.
+OUTPUTS = ("tanh", "linear")
+
+
+def output_layer(output: str) -> nn.Module:
+    """The reconstruction layer's activation: FCMI's Tanh (inputs lie in [-1, 1]), or none
+    ("linear"), as in DEC's autoencoder (Xie et al., ICML 2016, §3.2: every layer is ReLU
+    except the reconstruction of the input and the embedding). Neither has parameters, so the
+    state dict is the same for both."""
+    if output == "tanh":
+        return nn.Tanh()
+    if output == "linear":
+        return nn.Identity()
+    raise ValueError(f"unknown autoencoder output {output!r}; accepted: {', '.join(OUTPUTS)}")
 
 
 def build_autoencoder(
@@ -193,19 +214,21 @@ def build_autoencoder(
     arch: str = "auto",
     normalize: bool = True,
     width: float = 1.0,
+    output: str = "tanh",
 ) -> GroupAutoencoder:
     """FCMI's autoencoder for samples of shape ``input_shape`` (without the batch dimension).
 
     ``arch``: "auto" (the conv net for C×28×28 images, the MLP on the flattened input for
     anything else), "conv28" or "mlp". ``n_decoders``: one per sensitive group (FCMI
     ``GroupWiseDecoder``); 1 gives a plain autoencoder. ``width`` scales the MLP's hidden
-    sizes (ignored by the conv net). Parameters are initialised from torch's global RNG: seed
+    sizes (ignored by the conv net). ``output``: the reconstruction layer's activation, "tanh"
+    (FCMI) or "linear" (DEC's stacked autoencoder, Xie et al. 2016 §3.2). Parameters are initialised from torch's global RNG: seed
     it (or wrap in ``torch.random.fork_rng``) before calling."""
     shape = tuple(int(s) for s in input_shape)
     if arch == "auto":
         arch = "conv28" if len(shape) == 3 and shape[1:] == (CONV_SIDE, CONV_SIDE) else "mlp"
     if arch == "conv28":
-        return ConvAE(shape, embed_dim, n_decoders, normalize)
+        return ConvAE(shape, embed_dim, n_decoders, normalize, output=output)
     if arch == "mlp":
-        return MLPAE(shape, embed_dim, n_decoders, normalize, width=width)
+        return MLPAE(shape, embed_dim, n_decoders, normalize, width=width, output=output)
     raise ValueError(f"unknown autoencoder arch {arch!r}; accepted: auto, conv28, mlp")

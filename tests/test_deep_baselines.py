@@ -10,11 +10,12 @@ import torch
 
 from bench import ParameterError, registry
 from bench.metrics import accuracy
+from methods._nets import build_autoencoder
 from methods.ae import AE, code_scale
 from methods.dec import DEC, kl_loss, student_t_assignment, target_distribution
 
 CPU = torch.device("cpu")
-TINY = {"batch_size": 64, "width": 0.25, "kmeans_iter": 50, "kmeans_restarts": 3}
+TINY = {"batch_size": 64, "width": 0.25, "kmeans_iter": 50, "kmeans_restarts": 10}  # AE's own restarts: 3 merged two blobs at some seeds
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -90,6 +91,31 @@ def test_code_scale_tells_a_dead_code_from_a_live_one():
     assert code_scale(dead)["code_spread"] < 1e-3 * code_scale(dead)["code_norm"]
 
 
+@pytest.mark.parametrize("arch", ["conv28", "mlp"])
+def test_linear_reconstruction_keeps_the_encoder_learning_where_tanh_saturates(arch):
+    """Why AE and DEC (version 2) end in a linear reconstruction layer (DEC §3.2): in the
+    dead MNIST-USPS pretrainings of version 1 every pre-Tanh value was saturated (|x| > 3 at
+    seed 4's epoch-8 checkpoint) and the encoder's gradient was exactly 0. Push the last
+    layer's bias into that regime: Tanh passes no gradient back, the linear layer does."""
+    shape = (1, 28, 28) if arch == "conv28" else (64,)
+    x = torch.rand(32, *shape) * 2 - 1  # inputs in [-1, 1], as the loaders deliver them
+    grads = {}
+    for output in ("tanh", "linear"):
+        torch.manual_seed(0)
+        model = AE(output=output, arch=arch)
+        net = build_autoencoder(shape, 10, 1, arch=arch, normalize=False, output=model.params["output"])
+        last = [m for m in net.group_decoders[0] if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
+        assert isinstance(net.group_decoders[0][-1], torch.nn.Tanh if output == "tanh" else torch.nn.Identity)
+        with torch.no_grad():
+            last.bias.fill_(-30.0)  # every output pixel far into Tanh's flat tail
+        net.train()
+        h = net.encode(x)
+        (net.decode_sorted(h, [len(x)]) - x).pow(2).mean().backward()
+        grads[output] = sum(float(p.grad.norm()) for p in net.encoder.parameters())
+    assert grads["tanh"] == 0.0 and grads["linear"] > 1e-3
+    assert AE().params["output"] == DEC().params["output"] == "linear"
+
+
 def test_dec_recovers_blobs_and_sharpens_assignments(blobs):
     out = _fit(DEC(pretrain_epochs=10, epochs=10, update_interval=10, **TINY), blobs)
     assert accuracy(blobs.y, out.labels) >= 0.95
@@ -128,6 +154,8 @@ def test_parameter_validation():
         AE(arch="resnet")
     with pytest.raises(ParameterError, match="embed_dim"):
         AE(embed_dim="big")
+    with pytest.raises(ParameterError, match="output must be one of tanh, linear, got 'sigmoid'"):
+        DEC(output="sigmoid")
     with pytest.raises(ParameterError, match="tol"):
         DEC(tol=2.0)
     with pytest.raises(ParameterError, match="update_interval"):
