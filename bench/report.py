@@ -76,22 +76,28 @@ def _declared_but_not_stored(stored: dict) -> list[str]:
 
 
 def _tell_apart(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
-    """Two configurations of one dataset can carry the same label when one was made before a
-    parameter existed (its label cannot name a value it never had), or by an older version of
-    the code with the same parameters. Such rows become ``name [before <parameter>]`` or
-    ``name [version=<old>]``, which also keeps them out of the comparison with the papers."""
+    """Rows that must not pass for today's default configuration get a bracket.
+
+    * A record made by an older ``version`` of the method (a version bump says the results
+      changed) always reads ``name [version=<old>]``, whether or not today's version has run.
+    * A record made before a parameter existed (its label cannot name a value it never had)
+      keeps today's label while it is alone, and reads ``name [before <parameter>]`` once
+      today's default has run too (the README's one exception to row names; the overview
+      marks such a cell with †).
+
+    Either bracket also keeps the row out of the overview and the comparison with the papers."""
     if df.empty:
         return df
+    stale = pd.Series([_older_version(r["method"]) for r in records], index=df.index)
+    old = stale != ""
+    df.loc[old, "method"] = [f"{m[:-1]}, version={v}]" if m.endswith("]") else f"{m} [version={v}]"
+                             for m, v in zip(df.method[old], stale[old])]
+    df.loc[old, "before"] = ""  # the version already says the record is not today's
     missing = pd.Series([", ".join(_declared_but_not_stored(r["method"])) for r in records], index=df.index)
     clash = df.groupby(["dataset_key", "method"]).method_key.transform("nunique") > 1
-    older = clash & (missing != "")
+    older = clash & (missing != "") & ~old
     df.loc[older, "method"] = [f"{m[:-1]}, before {x}]" if m.endswith("]") else f"{m} [before {x}]"
                                for m, x in zip(df.method[older], missing[older])]
-    # the same parameters made by another version of the code (a version bump alone)
-    stale = pd.Series([_older_version(r["method"]) for r in records], index=df.index)
-    other = (df.groupby(["dataset_key", "method"]).method_key.transform("nunique") > 1) & (stale != "")
-    df.loc[other, "method"] = [f"{m[:-1]}, version={v}]" if m.endswith("]") else f"{m} [version={v}]"
-                               for m, v in zip(df.method[other], stale[other])]
     return df
 
 

@@ -558,12 +558,17 @@ def test_a_loader_that_changes_without_a_new_version_fails_the_cell_not_the_stor
 
 
 def test_a_version_bump_keeps_the_older_records_apart_in_the_report(tmp_path, monkeypatch):
-    """Same parameters, new code version: the old records move to their own folder, their rows
-    read ``[version=1]``, and the overview counts only the new version's."""
+    """Same parameters, new code version: the old rows read ``[version=1]`` at once (a version
+    bump says the results changed), the old records move to their own folder when the new
+    version runs, and the overview and the papers' comparison count only the new version's."""
     store = RecordStore(tmp_path)
     dataset = Spec.make("dataset", "outside-paper-blobs")
     run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0, 1]), store, OPTS, progress=False)
     monkeypatch.setattr(registry.methods.get("outside-method"), "version", "2")
+    alone = build_report(store, tmp_path / "lb.md", tmp_path / "fig", figures=False)
+    # before the new version has run, the old row already says it is not today's default
+    assert "| outside-method [version=1] | 2/2 " in alone
+    assert "## Overview" not in alone and "Compared with the papers" not in alone
     summary = run_grid(build_grid([Spec.make("method", "outside-method")], [dataset], [0]), store, OPTS,
                        progress=False)
     assert len(summary.relocated) == 2
