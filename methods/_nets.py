@@ -222,8 +222,9 @@ def build_autoencoder(
     anything else), "conv28" or "mlp". ``n_decoders``: one per sensitive group (FCMI
     ``GroupWiseDecoder``); 1 gives a plain autoencoder. ``width`` scales the MLP's hidden
     sizes (ignored by the conv net). ``output``: the reconstruction layer's activation, "tanh"
-    (FCMI) or "linear" (DEC's stacked autoencoder, Xie et al. 2016 §3.2). Parameters are initialised from torch's global RNG: seed
-    it (or wrap in ``torch.random.fork_rng``) before calling."""
+    (FCMI) or "linear" (DEC's stacked autoencoder, Xie et al. 2016 §3.2). Parameters are
+    initialised from torch's global RNG: seed it (or wrap in ``torch.random.fork_rng``) before
+    calling."""
     shape = tuple(int(s) for s in input_shape)
     if arch == "auto":
         arch = "conv28" if len(shape) == 3 and shape[1:] == (CONV_SIDE, CONV_SIDE) else "mlp"

@@ -14,7 +14,8 @@ clustering and fairness terms removed and a single shared decoder, trained on FC
   and DEC literature); ``normalize=True`` gives FCMI's unit-norm embedding. The reconstruction
   layer is **linear** (``output="linear"``), as in DEC's autoencoder (Xie et al., ICML 2016,
   §3.2), not FCMI's Tanh: with a raw code, FCMI's Tanh let Adam's first epoch kill the
-  autoencoder on 4 of 10 MNIST-USPS seeds (measured; :mod:`methods.dec` tells how). Version 2;
+  autoencoder on 4 of the 10 MNIST-USPS seeds tried (two confirmed by full DEC runs; measured,
+  :mod:`methods.dec` tells how). Version 2;
   version 1 had the Tanh (``output="tanh"`` still gives it).
 * Training: reconstruction only, MSE, Adam lr 1e-3, batch 512 (shuffled, drop_last),
   300 epochs, i.e. FCMI's optimiser and epoch count with α = β = 0, via

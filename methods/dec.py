@@ -24,8 +24,8 @@ What is **reconstructed** (FCMI does not describe its DEC run; fcmi.md §6.2 has
 
 * The autoencoder is FCMI's network with one shared decoder, a linear reconstruction layer
   (see below) and the raw (not unit-norm) latent code of dimension K, pretrained with FCMI's
-  loop for FCMI's 20 warm-up epochs (MSE, Adam 1e-3, batch 512), instead of DEC's greedy layer-wise denoising stacked autoencoder;
-  see :mod:`methods.ae` for the network. The clustering phase then runs for at most the
+  loop for FCMI's 20 warm-up epochs (MSE, Adam 1e-3, batch 512), instead of DEC's greedy
+  layer-wise denoising stacked autoencoder; see :mod:`methods.ae` for the network. The clustering phase then runs for at most the
   remaining 280 epochs of FCMI's 300, so DEC gets FCMI's schedule with DEC's clustering loss
   in place of FCMI's (and no reconstruction or fairness term).
 * ``update_interval`` = 140 iterations: the DEC paper leaves the period T to the
@@ -46,10 +46,10 @@ seeds 1 and 4 ran to the end of pretraining dead (code norm 569, spread 1.6 at s
 seeds 6 and 8 look the same after their first epoch (loss 0.51 and 0.53, code norm 271 and
 536). At seed 4's epoch-8 checkpoint every pre-Tanh value is saturated (|x| > 3) and the
 encoder's gradient is exactly 0. With the linear layer, seeds 1, 4, 6 and 8 all reconstruct
-(loss 0.36-0.42 after one epoch, 0.21-0.24 after two; code norm 9.5-11.6). FCMI itself feeds its decoder
-the L2-normalised code, which cannot grow, and none of our FCMI runs failed this way. Version
-1's records stay in the store and the leaderboard as ``dec [version=1]`` (seed 1 listed under
-"Runs that leave clusters empty"). The change has a price where the Tanh never died: on
+(loss 0.36-0.42 after one epoch, 0.21-0.24 after two; code norm 9.5-11.6). FCMI itself
+feeds its decoder the L2-normalised code, which cannot grow, and none of our FCMI runs failed
+this way. Version 1's records stay in the store and the leaderboard as ``dec [version=1]``
+(seeds 1 and 4 on MNIST-USPS listed under "Runs that leave clusters empty"). The change has a price where the Tanh never died: on
 ``har-train`` (the MLP network) version 2 reaches ACC 54.8 ± 2.4 and NMI 62.8 ± 1.3 over seeds
 0-4, version 1 70.4 ± 6.1 and 72.2 ± 3.9 (CPU; Table 1's DEC on the full HAR: 57.1 / 65.5).
 Why the Tanh helps there is not analysed. AE and DEC log ``code_norm`` and ``code_spread``
