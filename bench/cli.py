@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import registry
@@ -197,10 +200,34 @@ def _note_deep_training_on_cpu(cells, store=None) -> None:
               "MNIST-USPS on one core); --test-config or --param epochs=N gives a quick look", file=sys.stderr)
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, a batch scheduler's time limit), raised where the run is so that it
+    stops as Ctrl-C stops it: finished records kept, worker processes ended, exit status 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    """Turn SIGTERM into :class:`Terminated` for the duration of the block (main thread only:
+    elsewhere Python cannot set signal handlers, and the default action stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return _main(argv)
+        with _sigterm_as_exception():
+            return _main(argv)
     except UsageError as exc:
         print(f"run_benchmark.py: error: {exc}", file=sys.stderr)
         return 2
@@ -210,6 +237,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("\nterminated (SIGTERM): finished cells are saved, and a cell stopped part-way resumes from its "
+              "last checkpoint; rerun the same command to go on", file=sys.stderr)
+        return 143
 
 
 def _main(argv) -> int:

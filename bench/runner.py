@@ -352,33 +352,67 @@ def _finish(store, summary, bar, cell, result, where: str, options: RunOptions) 
 
 
 def _pool_init(threads: int) -> None:
+    """Set up a worker of :func:`_run_pool`: its share of the CPU threads; Ctrl-C left to the
+    parent, which stops its workers itself; and an end with the parent (:func:`_exit_with_parent`)."""
+    import signal
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """End this worker as soon as the runner that spawned it is gone, even when that was killed
+    outright (``kill -9``, an out-of-memory kill, a scheduler's time limit): an orphaned worker
+    would otherwise train its cell on for hours, its record lost, beside the rerun that trains
+    the same cell into the same checkpoint. The cell's last checkpoint stays for that rerun."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    parent.join()  # waits on the parent's sentinel: returns when the parent process has ended
+    os._exit(1)
+
+
+def _stop_workers(pool) -> None:
+    """Cancel the queued cells and end the running ones now (their checkpoints stay), rather
+    than wait hours for them as leaving the ``with`` block of an executor would."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(10)
 
 
 def _run_pool(todo, store, options, summary, progress):
     """``options.jobs`` worker processes (spawned, so CUDA is safe), each with an equal share of
     the CPU threads; every record is written by this process as soon as its cell ends. Each
-    worker keeps its own copy of the current dataset."""
+    worker keeps its own copy of the current dataset. Interrupted (Ctrl-C, SIGTERM through
+    :func:`bench.cli.main`) or failing, this process ends its workers before it returns, and a
+    worker whose parent was killed outright ends itself."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(options.jobs, mp_context=ctx, initializer=_pool_init, initargs=(threads,)) as pool, \
-            _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
-        pending = {pool.submit(run_cell, cell, options): cell for cell in todo}
-        try:
+    pool = ProcessPoolExecutor(options.jobs, mp_context=ctx, initializer=_pool_init, initargs=(threads,))
+    try:
+        with _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
+            pending = {pool.submit(run_cell, cell, options): cell for cell in todo}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     cell = pending.pop(future)
                     _finish(store, summary, bar, cell, future.result, "worker process", options)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
 
 
 def _ray_remote_run(cell, options):

@@ -140,6 +140,58 @@ def test_kill_mid_grid_then_rerun_completes_without_duplicates_or_loss(tmp_path)
         assert next(tmp_path.rglob(name)).stat().st_mtime_ns == mtime
 
 
+def _alive(pid: int) -> bool:
+    """True while the process runs; a zombie, ended but not yet reaped, counts as ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("how, status, message", [
+    (signal.SIGINT, 130, "interrupted"),              # Ctrl-C sent to the runner alone
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),    # kill, a scheduler's time limit
+    (signal.SIGKILL, -signal.SIGKILL, ""),            # kill -9, an out-of-memory kill
+])
+def test_a_stopped_parallel_run_leaves_no_worker_training_on(tmp_path, how, status, message):
+    """--jobs 2 with cells that would train for ten minutes: however the runner is stopped, it
+    ends at once and so do its two worker processes, rather than train on, orphaned, beside
+    the rerun."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    cmd = [sys.executable, str(ROOT / "run_benchmark.py"), "--plugin", str(PLUGIN), "--methods", "outside-method",
+           "--seeds", "0", "1", "2", "3", "--jobs", "2", "--out", str(tmp_path / "out"), "--no-figures", *SMALL]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FCB_TEST_SLEEP": "600", "FCB_TEST_PID_DIR": str(pid_dir)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while len(list(pid_dir.iterdir())) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the workers did not start their cells"
+            time.sleep(0.05)
+        workers = [int(path.name) for path in pid_dir.iterdir()]
+        assert all(_alive(pid) for pid in workers) and os.getpid() not in workers
+        proc.send_signal(how)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == status, err[-2000:]
+        assert message in err
+        deadline = time.time() + 30
+        while any(_alive(pid) for pid in workers):
+            assert time.time() < deadline, "a worker process outlived its runner"
+            time.sleep(0.05)
+    finally:  # a failing run must not leave its processes behind
+        for pid in [proc.pid] * (proc.poll() is None) + [int(path.name) for path in pid_dir.iterdir()]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not list((tmp_path / "out").rglob("seed*.json"))  # no cell finished, none recorded as failed
+
+
 def test_ray_executor_runs_a_small_grid_into_the_same_store(tmp_path):
     pytest.importorskip("ray")
     local, distributed = tmp_path / "local", tmp_path / "ray"
