@@ -405,7 +405,9 @@ def _run_pool(todo, store, options, summary, progress):
         with _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
             pending = {pool.submit(run_cell, cell, options): cell for cell in todo}
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                # a timeout, so that this thread wakes at least once a second to run a signal
+                # handler even if the kernel handed the signal to one of the pool's threads
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
                     cell = pending.pop(future)
                     _finish(store, summary, bar, cell, future.result, "worker process", options)

@@ -168,8 +168,11 @@ def test_a_stopped_parallel_run_leaves_no_worker_training_on(tmp_path, how, stat
     pid_dir.mkdir()
     cmd = [sys.executable, str(ROOT / "run_benchmark.py"), "--plugin", str(PLUGIN), "--methods", "outside-method",
            "--seeds", "0", "1", "2", "3", "--jobs", "2", "--out", str(tmp_path / "out"), "--no-figures", *SMALL]
+    # Ctrl-C as at a terminal: a shell without job control starts background jobs with SIGINT
+    # ignored, and Python keeps an inherited SIG_IGN, so give the runner the default back.
     proc = subprocess.Popen(cmd, env={**os.environ, "FCB_TEST_SLEEP": "600", "FCB_TEST_PID_DIR": str(pid_dir)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while len(list(pid_dir.iterdir())) < 2:
@@ -178,7 +181,7 @@ def test_a_stopped_parallel_run_leaves_no_worker_training_on(tmp_path, how, stat
         workers = [int(path.name) for path in pid_dir.iterdir()]
         assert all(_alive(pid) for pid in workers) and os.getpid() not in workers
         proc.send_signal(how)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=120)
         assert proc.returncode == status, err[-2000:]
         assert message in err
         deadline = time.time() + 30
