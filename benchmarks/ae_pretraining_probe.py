@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from bench import ParameterError, registry  # noqa: E402
+from bench import registry  # noqa: E402
 from bench.paths import default_data_dir  # noqa: E402
 from bench.seeding import seed_everything  # noqa: E402
 from methods._nets import OUTPUTS  # noqa: E402
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     try:
         data = registry.datasets.get(args.dataset)().load(args.data_dir or default_data_dir())
-    except (KeyError, ParameterError) as exc:
+    except (KeyError, ValueError, OSError) as exc:  # unknown name, bad parameter, bad or missing data files
         fail(str(exc).strip("'\""))
     table = []
     for output in args.outputs:

@@ -32,9 +32,11 @@ def test_probe_watches_the_first_steps_of_the_real_loop(probe_script):
     assert again == rows["linear"]  # deterministic on the CPU
 
 
-def test_probe_rejects_bad_input_in_one_line(probe_script, capsys):
+def test_probe_rejects_bad_input_in_one_line(probe_script, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRCLUSTERBENCH_OFFLINE", "1")  # the missing files must not be fetched
     for argv, text in ((["--outputs", "sigmoid"], "unknown output 'sigmoid'; accepted: tanh, linear"),
-                       (["--steps", "0"], "--steps must be a positive integer")):
+                       (["--steps", "0"], "--steps must be a positive integer"),
+                       (["--dataset", "mnist-usps", "--data-dir", str(tmp_path)], "not found")):
         with pytest.raises(SystemExit) as exc:
             probe_script.main(argv)
         assert exc.value.code == 2 and text in capsys.readouterr().err
