@@ -234,13 +234,11 @@ def main(argv=None) -> int:
     except (UnknownName, ParameterError, DeviceError, PluginError) as exc:
         print(f"run_benchmark.py: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are saved; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("\nterminated (SIGTERM): finished cells are saved, and a cell stopped part-way resumes from its "
-              "last checkpoint; rerun the same command to go on", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as exc:
+        how, status = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"\n{how}: finished cells are saved, and a cell stopped part-way resumes from its last checkpoint; "
+              "rerun the same command to resume", file=sys.stderr)
+        return status
 
 
 def _main(argv) -> int:
