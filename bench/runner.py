@@ -378,15 +378,27 @@ def _exit_with_parent() -> None:
     os._exit(1)
 
 
-def _stop_workers(pool) -> None:
+def _stop_workers(pool, others) -> None:
     """Cancel the queued cells and end the running ones now (their checkpoints stay), rather
-    than wait hours for them as leaving the ``with`` block of an executor would."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    than wait hours for them as leaving the ``with`` block of an executor would. The pool's
+    workers are this process's live children that are not in ``others`` (those alive before
+    the pool started): the executor has no public list of its processes."""
+    import multiprocessing
+    import time
+    from multiprocessing.connection import wait
+
+    processes = [p for p in multiprocessing.active_children() if p not in others]
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
-    for process in processes:
-        process.join(10)
+    # Wait for their sentinels, not ``join``: the executor's own thread joins these processes
+    # too, and of two threads reaping one child the loser's ``waitpid`` fails (ECHILD), so its
+    # ``join`` returns early and ``is_alive`` calls a dead worker alive (6 times in 60 here).
+    running = [process.sentinel for process in processes]
+    deadline = time.monotonic() + 10
+    while running and time.monotonic() < deadline:
+        ended = wait(running, timeout=max(0.0, deadline - time.monotonic()))
+        running = [sentinel for sentinel in running if sentinel not in ended]
 
 
 def _run_pool(todo, store, options, summary, progress):
@@ -400,6 +412,7 @@ def _run_pool(todo, store, options, summary, progress):
 
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
     ctx = multiprocessing.get_context("spawn")
+    others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(options.jobs, mp_context=ctx, initializer=_pool_init, initargs=(threads,))
     try:
         with _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
@@ -412,7 +425,7 @@ def _run_pool(todo, store, options, summary, progress):
                     cell = pending.pop(future)
                     _finish(store, summary, bar, cell, future.result, "worker process", options)
     except BaseException:
-        _stop_workers(pool)
+        _stop_workers(pool, others)
         raise
     pool.shutdown()
 

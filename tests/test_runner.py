@@ -594,3 +594,39 @@ def test_ray_workers_get_our_packages_and_the_commit_wherever_they_run():
         env = ray_runtime_env(joined)
         assert env["working_dir"] == str(PROJECT_ROOT) and ".git/" in env["excludes"]
         assert env["env_vars"] == {"PYTHONPATH": ".", "FAIRCLUSTERBENCH_GIT_COMMIT": git_commit()}
+
+
+def test_stopping_the_pool_ends_its_running_workers_and_spares_other_children():
+    """A caller that catches the interrupt keeps running, so the workers must be ended by
+    ``_stop_workers`` itself, not by their watch on the parent; a child of the caller that the
+    pool did not start must survive."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing.connection import wait as wait_for_sentinels
+
+    from bench.runner import _stop_workers
+
+    ctx = multiprocessing.get_context("spawn")
+    bystander = ctx.Process(target=time.sleep, args=(60,))
+    bystander.start()
+    try:
+        others = set(multiprocessing.active_children())
+        pool = ProcessPoolExecutor(2, mp_context=ctx)
+        futures = [pool.submit(time.sleep, 600) for _ in range(3)]
+        deadline = time.monotonic() + 60
+        while sum(f.running() for f in futures) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [p for p in multiprocessing.active_children() if p not in others]
+        assert len(workers) == 2
+        sentinels = [p.sentinel for p in workers]
+        _stop_workers(pool, others)
+        # ended means the sentinel is ready; not ``is_alive``, which can call a dead worker
+        # alive while the executor's thread reaps it (its ``waitpid`` and ours race)
+        assert len(wait_for_sentinels(sentinels, timeout=0)) == 2
+        assert all(f.done() for f in futures)  # the queued one cancelled or failed, none left waiting
+        assert bystander.is_alive()
+    finally:
+        bystander.terminate()
+        bystander.join(10)
+
