@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from bench import registry  # noqa: E402
-from bench.paths import default_data_dir  # noqa: E402
+from bench.scripting import add_dataset_arguments, fail, load_dataset  # noqa: E402
 from bench.seeding import seed_everything  # noqa: E402
 from methods._nets import OUTPUTS  # noqa: E402
 from methods.ae import build_single_decoder_ae, pretrain_autoencoder  # noqa: E402
@@ -46,16 +46,9 @@ class _Enough(Exception):
     """Raised from a hook to leave the training loop after the requested steps."""
 
 
-def fail(message: str):
-    """Bad input: one line on stderr, exit code 2 (as ``run_benchmark.py``)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--dataset", default="digits-reversed", help="a registered dataset (default: the embedded one)")
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $FAIRCLUSTERBENCH_DATA or the cache)")
+    add_dataset_arguments(ap, "digits-reversed", "a registered dataset (default: the embedded one)")
     ap.add_argument("--method", default="dec", choices=("ae", "dec"), help="whose pretraining parameters to use")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--outputs", nargs="+", default=list(OUTPUTS), help="any of: " + ", ".join(OUTPUTS))
@@ -106,10 +99,7 @@ def main(argv=None) -> int:
         fail(f"--steps must be a positive integer, got {args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        data = registry.datasets.get(args.dataset)().load(args.data_dir or default_data_dir())
-    except (KeyError, ValueError, OSError) as exc:  # unknown name, bad parameter, bad or missing data files
-        fail(str(exc).strip("'\""))
+    data = load_dataset(args.dataset, args.data_dir)
     table = []
     for output in args.outputs:
         method = registry.methods.get(args.method)(output=output)

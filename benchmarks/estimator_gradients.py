@@ -44,15 +44,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from bench import metrics, registry  # noqa: E402
-from bench.paths import default_data_dir  # noqa: E402
+from bench import metrics  # noqa: E402
+from bench.scripting import add_dataset_arguments, fail, load_dataset  # noqa: E402
 from methods._estimators import ESTIMATORS, encode_groups, make_estimator  # noqa: E402
-
-
-def fail(message: str):
-    """Bad input: one line on stderr, exit code 2 (as ``run_benchmark.py``)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def parse_estimator(spec: str) -> tuple[str, dict]:
@@ -76,8 +70,7 @@ def parse_estimator(spec: str) -> tuple[str, dict]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--dataset", default="adult", help="a registered dataset with sensitive attributes")
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $FAIRCLUSTERBENCH_DATA or the cache)")
+    add_dataset_arguments(ap, "adult", "a registered dataset with sensitive attributes")
     ap.add_argument("--estimators", nargs="+", default=["plugin", "pearson", "slice", "slice:n_slices=10"],
                     help="estimator specs: name or name:key=value,... (accepted names: " + ", ".join(ESTIMATORS) + ")")
     ap.add_argument("--strengths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 1.0, 2.0],
@@ -131,11 +124,7 @@ def main(argv=None) -> int:
     specs = [(spec, *parse_estimator(spec)) for spec in args.estimators]
     if args.batch_size < 4 or args.batches < 2:
         fail("--batch-size must be >= 4 and --batches >= 2")
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    try:
-        data = registry.datasets.get(args.dataset)().load(data_dir)
-    except (KeyError, ValueError, OSError) as exc:  # unknown name, bad or missing data files
-        fail(f"{exc}")
+    data = load_dataset(args.dataset, args.data_dir)
     groups = torch.as_tensor(data.groups)
     n_values = [a.n_values for a in data.attributes]
     if not 0 <= args.attribute < len(n_values):

@@ -35,23 +35,16 @@ from tabulate import tabulate  # noqa: E402
 
 from bench import ParameterError, metrics, registry  # noqa: E402
 from bench.kmeans import kmeans  # noqa: E402
-from bench.paths import default_data_dir  # noqa: E402
+from bench.scripting import add_dataset_arguments, fail, load_dataset  # noqa: E402
 from methods._fair_classical import kmedoids  # noqa: E402
 from methods._fairlets import fairlet_medoids  # noqa: E402
 
 SOLVERS = ("voronoi", "swap", "swap-squared", "kmeans")
 
 
-def fail(message: str):
-    """Bad input: one line on stderr, exit code 2 (as ``run_benchmark.py``)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--dataset", default="digits-reversed", help="a registered dataset with a two-valued primary attribute")
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $FAIRCLUSTERBENCH_DATA or the cache)")
+    add_dataset_arguments(ap, "digits-reversed", "a registered dataset with a two-valued primary attribute")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), help="any of: " + ", ".join(SOLVERS))
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -101,11 +94,7 @@ def main(argv=None) -> int:
         method = registry.methods.get("scfc")(**params)
     except (ParameterError, KeyError, TypeError, ValueError) as exc:
         fail(str(exc).strip("'\""))
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    try:
-        data = registry.datasets.get(args.dataset)().load(data_dir)
-    except (KeyError, ValueError, OSError) as exc:  # unknown name, bad or missing data files
-        fail(str(exc).strip("'\""))
+    data = load_dataset(args.dataset, args.data_dir)
     if data.attributes[0].n_values != 2:
         fail(f"scfc needs two groups; {args.dataset}'s attribute {data.attributes[0].name!r} has {data.attributes[0].n_values}")
     print(f"{args.dataset}: n={data.n_samples}, K={data.n_clusters}, attribute {data.attributes[0].name!r}, "
