@@ -11,6 +11,7 @@ one and the cluster has one).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -415,19 +416,58 @@ def _run_pool(todo, store, options, summary, progress):
     others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(options.jobs, mp_context=ctx, initializer=_pool_init, initargs=(threads,))
     try:
-        with _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
+        with _signals_deferred() as deliver_signals, \
+                _progress(len(todo), f"cells ({options.jobs} jobs)", not progress) as bar:
             pending = {pool.submit(run_cell, cell, options): cell for cell in todo}
             while pending:
-                # a timeout, so that this thread wakes at least once a second to run a signal
-                # handler even if the kernel handed the signal to one of the pool's threads
+                # a timeout, so that this thread wakes at least once a second to act on a
+                # signal even if the kernel handed it to one of the pool's threads
                 done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
                     cell = pending.pop(future)
                     _finish(store, summary, bar, cell, future.result, "worker process", options)
+                deliver_signals()
     except BaseException:
         _stop_workers(pool, others)
         raise
     pool.shutdown()
+
+
+@contextlib.contextmanager
+def _signals_deferred(signums=("SIGINT", "SIGTERM")):
+    """Hold back SIGINT and SIGTERM while the block runs, and yield a function that acts on
+    those caught so far: it calls the handler they had before (Ctrl-C's KeyboardInterrupt,
+    :mod:`bench.cli`'s ``Terminated``), so the exception is raised there, between two waits.
+    Raised wherever the signal happened to land, inside ``concurrent.futures.wait`` or a lock
+    of the executor, the exception can leave that machinery half-updated and come out as
+    another error (``RuntimeError: release unlocked lock``). Signals whose handler is not a
+    Python function (default action, ignored) are left as they are, as is every signal outside
+    the main thread, where Python cannot set handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    caught: list[int] = []
+    previous = {}
+    for name in signums:
+        signum = getattr(signal, name)
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = handler
+            signal.signal(signum, lambda signum, frame: caught.append(signum))
+
+    def deliver():
+        if caught:
+            signum = caught.pop(0)
+            previous[signum](signum, None)
+
+    try:
+        yield deliver
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _ray_remote_run(cell, options):
