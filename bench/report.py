@@ -90,15 +90,24 @@ def _tell_apart(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
         return df
     stale = pd.Series([_older_version(r["method"]) for r in records], index=df.index)
     old = stale != ""
-    df.loc[old, "method"] = [f"{m[:-1]}, version={v}]" if m.endswith("]") else f"{m} [version={v}]"
-                             for m, v in zip(df.method[old], stale[old])]
+    df["mark"] = ""  # the bracket added here, kept for the figures' series (:func:`_sweep_series`)
+    df.loc[old, "mark"] = [f"version={v}" for v in stale[old]]
     df.loc[old, "before"] = ""  # the version already says the record is not today's
     missing = pd.Series([", ".join(_declared_but_not_stored(r["method"])) for r in records], index=df.index)
     clash = df.groupby(["dataset_key", "method"]).method_key.transform("nunique") > 1
     older = clash & (missing != "") & ~old
-    df.loc[older, "method"] = [f"{m[:-1]}, before {x}]" if m.endswith("]") else f"{m} [before {x}]"
-                               for m, x in zip(df.method[older], missing[older])]
+    df.loc[older, "mark"] = [f"before {x}" for x in missing[older]]
+    marked = df.mark != ""
+    df.loc[marked, "method"] = [_with_mark(m, x) for m, x in zip(df.method[marked], df.mark[marked])]
     return df
+
+
+def _with_mark(label: str, mark: str) -> str:
+    """``label`` with ``mark`` added inside its bracket: ``fcmi [epochs=50]`` and
+    ``version=1`` give ``fcmi [epochs=50, version=1]``."""
+    if not mark:
+        return label
+    return f"{label[:-1]}, {mark}]" if label.endswith("]") else f"{label} [{mark}]"
 
 
 def _older_version(stored: dict) -> str:
@@ -226,7 +235,8 @@ def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for mkey, g in groups:
         gok = ok[ok.method_key == mkey]
         row = {"method_key": mkey, "method": g["method"].iloc[0], "method_name": g["method_name"].iloc[0],
-               "params": g["method_params"].iloc[0], "n_ok": len(gok),
+               "params": g["method_params"].iloc[0], "mark": g["mark"].iloc[0] if "mark" in g else "",
+               "n_ok": len(gok),
                "n_failed": int((g.status == "failed").sum()), "n_na": int((g.status == "not_applicable").sum()),
                "seeds": sorted(gok.seed.tolist()), "errors": sorted(set(g[g.status != "ok"].error))}
         for k in keys:
@@ -500,20 +510,23 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
     return text
 
 
-def _sweep_series(method_name: str, params: dict) -> tuple[str, float, str]:
+def _sweep_series(method_name: str, params: dict, mark: str = "") -> tuple[str, float, str]:
     """(series label, weight, weight name) of a configuration: configurations of one method
     that differ only in its fairness weight (``Method.fairness_weight``) form one series,
-    labelled like a leaderboard row with the weight set to its default."""
+    labelled like a leaderboard row with the weight set to its default. ``mark`` is the
+    row's bracket from :func:`_tell_apart` (``version=1``, ``before <parameter>``): records of
+    an older version or made before a parameter existed form series of their own, as they
+    have rows of their own, rather than join today's under today's name."""
     try:
         cls = registry.methods.get(method_name)
     except UnknownName:
-        return method_name, np.nan, ""
+        return _with_mark(method_name, mark), np.nan, ""
     weight_key = getattr(cls, "fairness_weight", None)
     if not weight_key:
-        return Spec.from_json("method", {"name": method_name, "params": params}).label, np.nan, ""
+        return _with_mark(Spec.from_json("method", {"name": method_name, "params": params}).label, mark), np.nan, ""
     weight = params.get(weight_key, cls.parameters.get(weight_key))
     rest = {**params, weight_key: cls.parameters.get(weight_key)}
-    label = Spec.from_json("method", {"name": method_name, "params": rest}).label
+    label = _with_mark(Spec.from_json("method", {"name": method_name, "params": rest}).label, mark)
     return label, float(weight) if isinstance(weight, (int, float)) else np.nan, weight_key
 
 
@@ -521,7 +534,7 @@ def _series(summary: pd.DataFrame) -> dict:
     """Series label -> [(weight, weight name, summary row)], each in order of the weight."""
     series = defaultdict(list)
     for _, r in summary.iterrows():
-        label, weight, weight_key = _sweep_series(r.method_name, r.params)
+        label, weight, weight_key = _sweep_series(r.method_name, r.params, r.get("mark", ""))
         series[label].append((weight, weight_key, r))
     for pts in series.values():
         pts.sort(key=lambda p: (np.nan_to_num(p[0], nan=-1.0), p[2]["method"]))

@@ -462,6 +462,10 @@ def test_records_made_before_a_parameter_existed_keep_their_own_row(tmp_path, mo
     assert "| outside-method [before scale] | 1/1 " in table and "| outside-method                | 1/1 " in table
     comparison = text[text.index("Compared with the papers"):]
     assert "| outside-method " in comparison and "before scale" not in comparison
+    from bench.report import _series, _summary, records_frame  # the figures name their series as the rows
+
+    assert sorted(_series(_summary(records_frame(store.records()), ["acc"]))) == [
+        "outside-method", "outside-method [before scale]"]
 
 
 def test_overview_sets_each_default_configuration_against_each_dataset(tmp_path, monkeypatch):
@@ -578,6 +582,12 @@ def test_a_version_bump_keeps_the_older_records_apart_in_the_report(tmp_path, mo
     assert "| outside-method [version=1] | 2/2 " in table and "| outside-method             | 1/2 " in table
     overview = text[text.index("## Overview"):text.index("## outside-paper-blobs")]
     assert "(1/2)" in overview
+    # the figures too: two series named as the rows, not one "outside-method" joining both
+    from bench.report import _series, _summary, records_frame
+
+    series = _series(_summary(records_frame(store.records()), ["acc"]))
+    assert sorted(series) == ["outside-method", "outside-method [version=1]"]
+    assert [len(pts) for pts in series.values()] == [1, 1]
 
 
 def test_ray_workers_get_our_packages_and_the_commit_wherever_they_run():
