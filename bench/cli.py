@@ -101,7 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="experimental: FCMI, AE and DFC replay their training steps as CUDA graphs (GPU only)")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also store each run's embedding beside its labels (megabytes a run on the image sets)")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-figures", action="store_true", help="skip drawing the PNG figures (the leaderboard keeps its links to figures already drawn, marked as not redrawn)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import a file or module that registers methods/datasets (repeatable)")
     p.add_argument("--quick", action="store_true", help="the quick suite (what no arguments runs); "

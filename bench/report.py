@@ -496,10 +496,12 @@ def build_report(store, leaderboard_path, figures_dir, title="FairClusterBench l
             if stab:
                 lines += ["Intermediate stages (diagnosis only: the labels a method had part-way, scored like "
                           "the final ones; the result is the final labels):", "", stab, ""]
-            if figures:
-                names = plot_dataset(d, figures_dir, dkey)
+            names = plot_dataset(d, figures_dir, dkey) if figures else [
+                nm for nm in figure_names(dkey) if (figures_dir / nm).is_file()]
+            if names:
                 rel = [os.path.relpath(figures_dir / nm, leaderboard_path.parent) for nm in names]
-                lines += [" · ".join(f"[{nm}]({p})" for nm, p in zip(names, rel)), ""]
+                lines += [" · ".join(f"[{nm}]({p})" for nm, p in zip(names, rel)) +
+                          ("" if figures else " (drawn by an earlier report: --no-figures did not redraw them)"), ""]
     if provenance:
         lines += ["---", "", "Devices: " + ", ".join(sorted(provenance["devices"])) + ". Commits: " +
                   ", ".join(sorted(provenance["commits"])) + ". torch: " + ", ".join(sorted(provenance["torch"])) +
@@ -630,6 +632,11 @@ def _sweeps_plot(series, joint: bool, title: str, path, plt) -> bool:
     return True
 
 
+def figure_names(dkey: str) -> list[str]:
+    """Every figure :func:`plot_dataset` can draw for dataset ``dkey``, in its order."""
+    return [f"{dkey}_{kind}.png" for kind in ("acc_vs_mnce", "nmi_vs_joint_mnce", "sweeps", "metrics")]
+
+
 def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
     """Trade-off figures (ACC vs MNCE; NMI vs joint MNCE with several attributes) and per-metric bars."""
     import matplotlib
@@ -644,17 +651,18 @@ def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
     if summary.empty:
         return []
     figures_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"{dkey}_acc_vs_mnce.png"]
+    acc_name, joint_name, sweeps_name, metrics_name = figure_names(dkey)
+    names = [acc_name]
     series = _series(summary)
     _tradeoff_plot(series, "mnce", "acc", "MNCE (%)  → fairer", "ACC (%)  → more accurate",
                    f"{dkey}: accuracy vs fairness", figures_dir / names[-1], plt)
     if joint:
-        names.append(f"{dkey}_nmi_vs_joint_mnce.png")
+        names.append(joint_name)
         _tradeoff_plot(series, "mnce[joint]", "nmi", "joint (intersectional) MNCE (%)  → fairer",
                        "NMI (%)", f"{dkey}: utility vs intersectional fairness", figures_dir / names[-1], plt)
     if _sweeps_plot(series, joint, f"{dkey}: fairness-weight sweeps (each point labelled with its weight; "
-                    "mean ± std over seeds)", figures_dir / f"{dkey}_sweeps.png", plt):
-        names.append(f"{dkey}_sweeps.png")
+                    "mean ± std over seeds)", figures_dir / sweeps_name, plt):
+        names.append(sweeps_name)
 
     # Horizontal bars, one row per configuration shared by every panel: long configuration
     # names stay readable however many rows a sweep adds.
@@ -675,8 +683,7 @@ def plot_dataset(df: pd.DataFrame, figures_dir: Path, dkey: str) -> list[str]:
     axes[0].invert_yaxis()  # first configuration on top, as in the table
     fig.suptitle(f"{dkey}: mean ± std over seeds", fontsize=10)
     fig.tight_layout()
-    name = f"{dkey}_metrics.png"
-    fig.savefig(figures_dir / name, dpi=100, metadata={"Software": None})
+    fig.savefig(figures_dir / metrics_name, dpi=100, metadata={"Software": None})
     plt.close(fig)
-    names.append(name)
+    names.append(metrics_name)
     return names

@@ -686,3 +686,20 @@ def test_ctrl_c_while_the_pool_waits_comes_out_as_keyboard_interrupt_every_time(
             outcomes.append(type(exc).__name__ + " + waiter left" * any(f._waiters for f in futures))
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert outcomes == ["KeyboardInterrupt"] * 400, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+def test_a_report_without_figures_keeps_the_links_to_figures_already_drawn(tmp_path):
+    """``--report-only --no-figures`` once dropped every figure link from a leaderboard whose
+    figures were still on disk; it now keeps them and says they were not redrawn."""
+    store = RecordStore(tmp_path / "out")
+    run_grid(_grid(), store, OPTS, progress=False)
+    board, figures = tmp_path / "lb.md", tmp_path / "fig"
+
+    def links(text):
+        return [line for line in text.splitlines() if ".png](" in line]
+
+    assert links(build_report(store, board, figures, figures=False)) == []  # nothing drawn yet
+    drawn = links(build_report(store, board, figures))
+    assert len(drawn) == 1 and "_acc_vs_mnce.png](" in drawn[0] and "_metrics.png](" in drawn[0]
+    kept = links(build_report(store, board, figures, figures=False))
+    assert kept == [drawn[0] + " (drawn by an earlier report: --no-figures did not redraw them)"]
