@@ -86,11 +86,11 @@ def _tell_apart(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
       marks such a cell with †).
 
     Either bracket also keeps the row out of the overview and the comparison with the papers."""
+    df["mark"] = ""  # the bracket added here, kept for the figures' series (:func:`_sweep_series`)
     if df.empty:
         return df
     stale = pd.Series([_older_version(r["method"]) for r in records], index=df.index)
     old = stale != ""
-    df["mark"] = ""  # the bracket added here, kept for the figures' series (:func:`_sweep_series`)
     df.loc[old, "mark"] = [f"version={v}" for v in stale[old]]
     df.loc[old, "before"] = ""  # the version already says the record is not today's
     missing = pd.Series([", ".join(_declared_but_not_stored(r["method"])) for r in records], index=df.index)
@@ -235,7 +235,7 @@ def _summary(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for mkey, g in groups:
         gok = ok[ok.method_key == mkey]
         row = {"method_key": mkey, "method": g["method"].iloc[0], "method_name": g["method_name"].iloc[0],
-               "params": g["method_params"].iloc[0], "mark": g["mark"].iloc[0] if "mark" in g else "",
+               "params": g["method_params"].iloc[0], "mark": g["mark"].iloc[0],
                "n_ok": len(gok),
                "n_failed": int((g.status == "failed").sum()), "n_na": int((g.status == "not_applicable").sum()),
                "seeds": sorted(gok.seed.tolist()), "errors": sorted(set(g[g.status != "ok"].error))}
@@ -536,7 +536,7 @@ def _series(summary: pd.DataFrame) -> dict:
     """Series label -> [(weight, weight name, summary row)], each in order of the weight."""
     series = defaultdict(list)
     for _, r in summary.iterrows():
-        label, weight, weight_key = _sweep_series(r.method_name, r.params, r.get("mark", ""))
+        label, weight, weight_key = _sweep_series(r.method_name, r.params, r.mark)
         series[label].append((weight, weight_key, r))
     for pts in series.values():
         pts.sort(key=lambda p: (np.nan_to_num(p[0], nan=-1.0), p[2]["method"]))
