@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +64,31 @@ def default_data_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fairclusterbench"
+
+
+def _process_umask() -> int:
+    """The umask, read without changing it where Linux reports it (os.umask can only set it,
+    and setting it even briefly would apply to files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file in ``path``'s folder, to be renamed onto ``path``.
+
+    ``tempfile.mkstemp`` creates it readable by its owner only (0600), and the rename keeps
+    that; here it gets the mode ``open()`` would have given ``path`` (0666 minus the umask), so
+    records, downloads and caches in a shared folder stay readable to the group as usual."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~_process_umask())
+    except OSError:
+        pass  # a file system without permission bits: nothing to honour
+    return fd, name

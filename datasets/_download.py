@@ -26,7 +26,6 @@ import io
 import json
 import os
 import stat
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -36,7 +35,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from bench.paths import default_data_dir
+from bench.paths import default_data_dir, temp_file_beside
 
 __all__ = [
     "DataError",
@@ -287,7 +286,7 @@ def download(url: str, target, resource: Resource | None = None, *, progress: bo
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = temp_file_beside(target, suffix=".part")
     try:
         hashes, got = {a: hashlib.new(a) for a in HASHES}, 0
         try:
@@ -337,7 +336,7 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import importlib
 import io
+import os
 import threading
 import zipfile
 
@@ -174,3 +175,17 @@ def test_cached_arrays_builds_once_atomically(tmp_path):
     assert calls == [1] and np.array_equal(first["a"], second["a"]) and leftovers(tmp_path) == []
     path.write_bytes(b"garbage")  # an unreadable cache is rebuilt, not trusted
     assert np.array_equal(dl.cached_arrays(path, build)["a"], np.arange(5)) and len(calls) == 2
+
+
+def test_downloads_and_caches_get_the_permissions_the_umask_gives(tmp_path, source):
+    # both are written to a temporary file (mkstemp: 0600) and renamed into place; a data
+    # folder shared by a group must stay readable to it
+    old = os.umask(0o002)
+    try:
+        got = dl.download(source.as_uri(), tmp_path / "data" / "blob.bin", progress=False)
+        cache = tmp_path / "c" / "x.npz"
+        dl.cached_arrays(cache, lambda: {"a": np.arange(5)})
+    finally:
+        os.umask(old)
+    assert got.read_bytes() == PAYLOAD
+    assert oct(got.stat().st_mode & 0o777) == oct(cache.stat().st_mode & 0o777) == oct(0o664)

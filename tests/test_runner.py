@@ -703,3 +703,18 @@ def test_a_report_without_figures_keeps_the_links_to_figures_already_drawn(tmp_p
     assert len(drawn) == 1 and "_acc_vs_mnce.png](" in drawn[0] and "_metrics.png](" in drawn[0]
     kept = links(build_report(store, board, figures, figures=False))
     assert kept == [drawn[0] + " (drawn by an earlier report: --no-figures did not redraw them)"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_records_get_the_permissions_the_umask_gives_every_other_file(tmp_path, umask):
+    # Records are written to a temporary file and renamed into place; mkstemp makes that file
+    # 0600, which left a shared results folder unreadable to everyone but the runner's user.
+    old = os.umask(umask)
+    try:
+        store = RecordStore(tmp_path)
+        assert not run_grid(_grid(seeds=(0,)), store, OPTS, progress=False).failed
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert {p.suffix for p in written} == {".json", ".npz"}  # the record, its labels, the truth
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o666 & ~umask) for p in written}
