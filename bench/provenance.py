@@ -25,9 +25,16 @@ def library_versions() -> dict:
     return versions
 
 
+# What the runner itself writes into the tree: changes there are results, not code, and must
+# not mark the runs that follow as made by modified code.
+OUTPUTS = ("results", "leaderboard.md")
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """HEAD's commit, with "+dirty" when tracked files differ from it; "unknown" outside git.
+    """HEAD's commit, with "+dirty" when tracked files other than the outputs (``results/``,
+    ``leaderboard.md``) differ from it; "unknown" outside git. Without that exclusion every run
+    after a report into the default ``results/`` was marked "+dirty", code unchanged.
     A copy of the tree shipped to another machine (a GPU or Ray node, whose ``.git`` may be
     missing or stale) sets ``$FAIRCLUSTERBENCH_GIT_COMMIT``, which then takes precedence."""
     shipped = os.environ.get("FAIRCLUSTERBENCH_GIT_COMMIT", "").strip()
@@ -38,8 +45,9 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True,
-            text=True, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             *(f":(exclude){path}" for path in OUTPUTS)],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

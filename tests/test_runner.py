@@ -607,6 +607,43 @@ def test_ray_workers_get_our_packages_and_the_commit_wherever_they_run():
         assert env["env_vars"] == {"PYTHONPATH": ".", "FAIRCLUSTERBENCH_GIT_COMMIT": git_commit()}
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_commit_is_marked_dirty_by_changed_code_not_by_the_runners_own_outputs(tmp_path, monkeypatch):
+    import subprocess
+
+    from bench import provenance
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    for name in ("bench/core.py", "results/runs/d/m/seed0.json", "leaderboard.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(provenance, "PROJECT_ROOT", tmp_path)
+    monkeypatch.delenv("FAIRCLUSTERBENCH_GIT_COMMIT", raising=False)
+
+    def commit():
+        provenance.git_commit.cache_clear()
+        return provenance.git_commit()
+
+    try:
+        clean = commit()
+        assert len(clean) == 40
+        # a report rewrites the leaderboard and records; new records are untracked files
+        (tmp_path / "leaderboard.md").write_text("v2\n")
+        (tmp_path / "results/runs/d/m/seed0.json").write_text("v2\n")
+        (tmp_path / "results/runs/d/m/seed1.json").write_text("new\n")
+        assert commit() == clean
+        (tmp_path / "bench/core.py").write_text("v2\n")
+        assert commit() == clean + "+dirty"
+    finally:
+        provenance.git_commit.cache_clear()
+
+
 def test_stopping_the_pool_ends_its_running_workers_and_spares_other_children():
     """A caller that catches the interrupt keeps running, so the workers must be ended by
     ``_stop_workers`` itself, not by their watch on the parent; a child of the caller that the
