@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -200,6 +201,21 @@ def _note_deep_training_on_cpu(cells, store=None) -> None:
               "MNIST-USPS on one core); --test-config or --param epochs=N gives a quick look", file=sys.stderr)
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and write a scratch file in it, before anything is trained:
+    a run that cannot store its records would train its first cell and then lose it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        reason = (f"{str(blocker)!r} is a file" if blocker is not None and not blocker.is_dir()
+                  else exc.strerror or type(exc).__name__)
+        raise UsageError(f"cannot write {what} {str(folder)!r} ({reason}); "
+                         "accepted: a folder this user can create and write into") from None
+
+
 class Terminated(BaseException):
     """SIGTERM (``kill``, a batch scheduler's time limit), raised where the run is so that it
     stops as Ctrl-C stops it: finished records kept, worker processes ended, exit status 143."""
@@ -273,6 +289,9 @@ def _main(argv) -> int:
     if args.report_only:
         if not store.runs.is_dir():
             raise UsageError(f"no records under {out}/runs; run a grid first or pass --out with the folder of one")
+        _check_writable(leaderboard.parent, "the leaderboard's folder")
+        if not args.no_figures:
+            _check_writable(out / "figures", "the figures folder")
         build_report(store, leaderboard, out / "figures", title=title, note=note, figures=not args.no_figures)
         print(f"leaderboard written to {leaderboard}")
         return 0
@@ -303,6 +322,8 @@ def _main(argv) -> int:
         print(plan_table(plan_grid(cells, store, options, force=args.force)))
         return 0
     device = resolve_device(args.device)
+    _check_writable(out, "the output folder (--out)")
+    _check_writable(leaderboard.parent, "the leaderboard's folder")
     if device.type == "cpu" and args.executor == "local" and not args.test_config:
         _note_deep_training_on_cpu(cells, store)
     try:

@@ -55,6 +55,32 @@ def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("where", ["out", "leaderboard"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_training(tmp_path, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out, board = tmp_path / "out", tmp_path / "out" / "leaderboard.md"
+    if where == "out":
+        out = blocker / "out"
+    else:
+        board = blocker / "leaderboard.md"
+    res = cli("--methods", "kmeans", *SMALL, "--seeds", "0", "--out", out, "--leaderboard", board)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{str(blocker)!r} is a file" in lines[0] and "accepted: a folder" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and not list(tmp_path.rglob("seed*.json"))
+
+
+def test_report_only_into_a_folder_that_cannot_be_written_says_so_in_one_line(tmp_path):
+    assert cli("--methods", "kmeans", *SMALL, "--seeds", "0", "--out", tmp_path / "out").returncode == 0
+    (tmp_path / "out" / "figures").rename(tmp_path / "drawn")
+    (tmp_path / "out" / "figures").write_text("not a folder")
+    res = cli("--report-only", "--out", tmp_path / "out")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot write the figures folder" in res.stderr
+    assert cli("--report-only", "--no-figures", "--out", tmp_path / "out").returncode == 0
+
+
 def test_plugin_file_outside_the_project_lands_in_the_leaderboard(tmp_path):
     outside = tmp_path / "elsewhere" / "my_method.py"
     outside.parent.mkdir()
