@@ -216,6 +216,16 @@ def _check_writable(folder: Path, what: str) -> None:
                          "accepted: a folder this user can create and write into") from None
 
 
+def _check_output_folders(out: Path, leaderboard: Path, figures: bool, records: bool) -> None:
+    """:func:`_check_writable` on every folder the command will write: the records' (``--out``,
+    when it trains), the leaderboard's and, unless ``--no-figures``, the figures'."""
+    if records:
+        _check_writable(out, "the output folder (--out)")
+    _check_writable(leaderboard.parent, "the leaderboard's folder")
+    if figures:
+        _check_writable(out / "figures", "the figures folder")
+
+
 class Terminated(BaseException):
     """SIGTERM (``kill``, a batch scheduler's time limit), raised where the run is so that it
     stops as Ctrl-C stops it: finished records kept, worker processes ended, exit status 143."""
@@ -289,9 +299,7 @@ def _main(argv) -> int:
     if args.report_only:
         if not store.runs.is_dir():
             raise UsageError(f"no records under {out}/runs; run a grid first or pass --out with the folder of one")
-        _check_writable(leaderboard.parent, "the leaderboard's folder")
-        if not args.no_figures:
-            _check_writable(out / "figures", "the figures folder")
+        _check_output_folders(out, leaderboard, figures=not args.no_figures, records=False)
         build_report(store, leaderboard, out / "figures", title=title, note=note, figures=not args.no_figures)
         print(f"leaderboard written to {leaderboard}")
         return 0
@@ -322,8 +330,7 @@ def _main(argv) -> int:
         print(plan_table(plan_grid(cells, store, options, force=args.force)))
         return 0
     device = resolve_device(args.device)
-    _check_writable(out, "the output folder (--out)")
-    _check_writable(leaderboard.parent, "the leaderboard's folder")
+    _check_output_folders(out, leaderboard, figures=not args.no_figures, records=True)
     if device.type == "cpu" and args.executor == "local" and not args.test_config:
         _note_deep_training_on_cpu(cells, store)
     try:

@@ -55,15 +55,18 @@ def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("where", ["out", "leaderboard"])
+@pytest.mark.parametrize("where", ["out", "leaderboard", "figures"])
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_training(tmp_path, where):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     out, board = tmp_path / "out", tmp_path / "out" / "leaderboard.md"
     if where == "out":
         out = blocker / "out"
-    else:
+    elif where == "leaderboard":
         board = blocker / "leaderboard.md"
+    else:
+        out.mkdir()
+        blocker = blocker.rename(out / "figures")
     res = cli("--methods", "kmeans", *SMALL, "--seeds", "0", "--out", out, "--leaderboard", board)
     assert res.returncode == 2, (res.stdout, res.stderr)
     lines = res.stderr.strip().splitlines()
