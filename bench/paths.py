@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,3 +93,27 @@ def temp_file_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
     except OSError:
         pass  # a file system without permission bits: nothing to honour
     return fd, name
+
+
+def write_atomically(path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new file beside ``path``, flush it to disk, then rename it onto
+    ``path``: readers see the old file or the whole new one, never a part, even after a kill
+    or a power cut. The temporary file is removed if ``write`` raises. Serves every writer of
+    records, checkpoints and dataset caches (downloads stream through
+    :func:`temp_file_beside` themselves)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file_beside(path)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -25,22 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import evaluate
-from .paths import temp_file_beside
+from .paths import write_atomically
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def remove_partial_writes(path: Path) -> None:

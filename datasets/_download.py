@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from bench.paths import default_data_dir, temp_file_beside
+from bench.paths import default_data_dir, temp_file_beside, write_atomically
 
 __all__ = [
     "DataError",
@@ -332,19 +332,7 @@ def download(url: str, target, resource: Resource | None = None, *, progress: bo
 # --------------------------------------------------------------------------- cache helpers
 
 
-def atomic_write(path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+atomic_write = write_atomically  # ``write(tmp_path)``, then rename onto the path (bench.paths)
 
 
 def digest(*parts) -> str:

@@ -177,6 +177,28 @@ def test_cached_arrays_builds_once_atomically(tmp_path):
     assert np.array_equal(dl.cached_arrays(path, build)["a"], np.arange(5)) and len(calls) == 2
 
 
+def test_an_atomic_write_is_all_or_nothing_and_on_disk_before_the_rename(tmp_path, monkeypatch):
+    # one writer (bench.paths.write_atomically) serves records, checkpoints and dataset caches
+    from bench import paths
+
+    target = tmp_path / "c" / "x.bin"
+    paths.write_atomically(target, lambda tmp: tmp.write_bytes(b"old"))
+
+    def dies_half_way(tmp):
+        tmp.write_bytes(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        paths.write_atomically(target, dies_half_way)
+    assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), replace(a, b))[1])
+    dl.cached_arrays(tmp_path / "c" / "y.npz", lambda: {"a": np.arange(3)})
+    assert events == ["fsync", "rename"] and leftovers(tmp_path) == []
+
+
 def test_downloads_and_caches_get_the_permissions_the_umask_gives(tmp_path, source):
     # both are written to a temporary file (mkstemp: 0600) and renamed into place; a data
     # folder shared by a group must stay readable to it
