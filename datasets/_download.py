@@ -50,7 +50,6 @@ __all__ = [
     "locate",
     "is_writable",
     "cache_root",
-    "atomic_write",
     "cached_arrays",
     "offline",
 ]
@@ -332,9 +331,6 @@ def download(url: str, target, resource: Resource | None = None, *, progress: bo
 # --------------------------------------------------------------------------- cache helpers
 
 
-atomic_write = write_atomically  # ``write(tmp_path)``, then rename onto the path (bench.paths)
-
-
 def digest(*parts) -> str:
     """SHA-256 of a JSON encoding of ``parts`` (cache keys)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -357,7 +353,7 @@ def cached_arrays(path, build: Callable[[], dict], use_cache: bool = True) -> di
             def write(tmp):
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
-            atomic_write(path, write)
+            write_atomically(path, write)
         except OSError:
             pass
     return arrays

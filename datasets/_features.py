@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._download import (
-    ChecksumError, DatasetNotFound, DownloadError, Resource, atomic_write, cache_root, digest, download, offline,
-)
+from bench.paths import write_atomically
+
+from ._download import ChecksumError, DatasetNotFound, DownloadError, Resource, cache_root, digest, download, offline
 
 RESNET50_V1 = Resource(
     "resnet50-0676ba61.pth", urls=("https://download.pytorch.org/models/resnet50-0676ba61.pth",),
@@ -349,7 +349,7 @@ def image_features(dataset: str, names: Sequence[str], images: Sequence[bytes], 
             with open(tmp, "wb") as f:
                 np.savez(f, features=feats, names=np.array(list(names)), meta=np.array(meta))
         try:
-            atomic_write(path, write)
+            write_atomically(path, write)
         except OSError:
             pass
     return feats, record

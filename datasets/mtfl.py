@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import Attribute, Dataset, LabelledData, ParameterError, register_dataset
+from bench.paths import write_atomically
 
-from ._download import (
-    ChecksumError, DatasetNotFound, Resource, atomic_write, cache_root, cached_arrays, digest, fetch, locate,
-)
+from ._download import ChecksumError, DatasetNotFound, Resource, cache_root, cached_arrays, digest, fetch, locate
 from ._features import backbone_names, get_backbone, image_features, tanh_standardise
 from ._images import FolderImages, ImageSource, ZipImages
 
@@ -177,7 +176,7 @@ def build_subset(data_dir, seed: int):
                       f"smiling={int(rows[i][2] == 1)}\n" for i in idx)
     list_path = cache_root(data_dir) / "mtfl" / f"subset-seed{seed}.txt"
     try:
-        atomic_write(list_path, lambda tmp: tmp.write_text(listing))
+        write_atomically(list_path, lambda tmp: tmp.write_text(listing))
         info["subset_file"] = str(list_path)
     except OSError:
         pass
